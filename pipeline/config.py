@@ -1,0 +1,228 @@
+"""params.yaml as typed config dataclasses (one per section, CORL style).
+
+`load_params` reads params.yaml, rejects any unknown or misspelled key anywhere (naming
+the valid keys), checks types, and returns a `Params` tree. Stage scripts read only
+their own section. Defaults here mirror params.yaml; params.yaml is what users edit.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+
+class ParamsError(ValueError):
+    """A problem in params.yaml, with the offending key named."""
+
+
+@dataclass
+class EnvConfig:
+    id: str = "Hopper-v5"
+    ref_scores: Union[str, list] = "auto"      # auto | [min, max]
+    termination: str = "auto"                  # auto | none | bounds
+    obs_bound: float = 100.0                   # model rollouts stop when |state| exceeds this
+
+
+@dataclass
+class ExpertDataConfig:
+    source: str = "embedded:hopper/expert"
+    n_trajectories: int = 5
+    selection: str = "random"                  # random | first | best
+    skip_terminated: bool = False
+    add_to_suboptimal: bool = True
+
+
+@dataclass
+class SuboptimalDataConfig:
+    sources: list = field(default_factory=lambda: ["embedded:hopper/mixed"])
+
+
+@dataclass
+class DataConfig:
+    expert: ExpertDataConfig = field(default_factory=ExpertDataConfig)
+    suboptimal: SuboptimalDataConfig = field(default_factory=SuboptimalDataConfig)
+    max_episode_steps: int = 1000             # splits D4RL v0 files that have no `timeouts`
+    allow_download: bool = False              # let minari download a missing remote dataset
+
+
+@dataclass
+class BCConfig:
+    loss: str = "faithful"                    # faithful | nll | mse
+    activation: str = "triangle"              # triangle | sincos
+    features: int = 256
+    bottleneck: int = 12
+    hidden: int = 256
+    prior_var: float = 0.75
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 256
+    stage1_steps: int = 10000
+    stage2_steps: int = 5000
+    eval_every: int = 500
+    patience: int = 6                         # evaluations without held-out improvement
+    val_fraction: float = 0.2                 # of expert episodes held out
+    baseline_steps: int = 10000
+    baseline_hidden: int = 256
+    baseline_layers: int = 3
+
+
+@dataclass
+class RewardConfig:
+    alpha: Union[str, float] = "auto"         # auto = 1 / act_dim
+    r_min: float = -5.0                       # lower clip of the reward
+    hist_bins: int = 50
+
+
+@dataclass
+class DynamicsConfig:
+    n_members: int = 7
+    n_elites: int = 5
+    hidden: int = 200
+    n_layers: int = 4
+    lr: float = 1e-3
+    batch_size: int = 256
+    max_epochs: int = 200
+    max_epoch_steps: int = 1000               # gradient steps per "epoch" cap on big datasets
+    patience: int = 5
+    holdout: int = 1000
+    learn_reward: bool = False
+    multistep_horizon: int = 5
+
+
+@dataclass
+class AWRConfig:
+    expectile: float = 0.7
+    beta: float = 3.0
+    max_weight: float = 100.0
+
+
+@dataclass
+class RAMBOConfig:
+    rollout_every: int = 250
+    rollout_starts: int = 5000
+    horizon: int = 5
+    buffer_rollouts: int = 5
+    real_ratio: float = 0.5
+    kl_beta: float = 0.01
+    adv_every: int = 1000
+    adv_steps: int = 100
+    adv_weight: float = 3e-4
+    adv_batch: int = 256
+    model_lr: float = 3e-4
+
+
+@dataclass
+class ImproveConfig:
+    algos: list = field(default_factory=lambda: ["awr", "rambo"])
+    seeds: list = field(default_factory=lambda: [0])
+    steps: int = 20000
+    batch_size: int = 256
+    gamma: float = 0.99
+    tau: float = 0.005
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    expert_ratio: float = 0.5
+    log_every: int = 1000
+    checkpoint_every: int = 5000
+    compile: bool = False
+    awr: AWRConfig = field(default_factory=AWRConfig)
+    rambo: RAMBOConfig = field(default_factory=RAMBOConfig)
+
+
+@dataclass
+class EvaluateConfig:
+    episodes: int = 10
+    n_envs: int = 5
+    bootstrap: int = 2000
+
+
+@dataclass
+class Params:
+    seed: int = 0
+    device: str = "auto"
+    env: EnvConfig = field(default_factory=EnvConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    bc: BCConfig = field(default_factory=BCConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
+    improve: ImproveConfig = field(default_factory=ImproveConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ParamsError(f"params.yaml: '{where or 'top level'}' must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            raise ParamsError(f"params.yaml: unknown key '{where + '.' if where else ''}{key}'; "
+                              f"valid keys{' under ' + where if where else ''}: {', '.join(names)}")
+    kwargs = {}
+    for name in names:
+        if name not in raw:
+            continue
+        key, value, hint = f"{where + '.' if where else ''}{name}", raw[name], hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, key)
+        else:
+            kwargs[name] = _check_type(value, hint, key)
+    return cls(**kwargs)
+
+
+def _check_type(value: Any, hint: Any, key: str) -> Any:
+    allowed = typing.get_args(hint) if typing.get_origin(hint) in (Union, types.UnionType) else (hint,)
+    for t in allowed:
+        t = typing.get_origin(t) or t
+        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if t is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if t in (str, bool, list) and isinstance(value, t):
+            return value
+    names = " or ".join(getattr(typing.get_origin(t) or t, "__name__", str(t)) for t in allowed)
+    raise ParamsError(f"params.yaml: '{key}' must be {names}, got {value!r}")
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"{path}: params file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    params = _build(Params, raw, "")
+    _validate(params)
+    return params
+
+
+def _validate(p: Params) -> None:
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise ParamsError(f"params.yaml: {msg}")
+    need(p.data.expert.selection in ("random", "first", "best"),
+         f"'data.expert.selection' must be random, first or best, got {p.data.expert.selection!r}")
+    need(p.data.expert.n_trajectories >= 1, "'data.expert.n_trajectories' must be >= 1")
+    need(len(p.data.suboptimal.sources) >= 1 and all(isinstance(s, str) for s in p.data.suboptimal.sources),
+         "'data.suboptimal.sources' must be a non-empty list of source strings")
+    need(p.env.ref_scores == "auto" or (isinstance(p.env.ref_scores, list) and len(p.env.ref_scores) == 2
+                                        and all(isinstance(v, (int, float)) for v in p.env.ref_scores)),
+         f"'env.ref_scores' must be 'auto' or [min, max], got {p.env.ref_scores!r}")
+    need(p.env.termination in ("auto", "none", "bounds"),
+         f"'env.termination' must be auto, none or bounds, got {p.env.termination!r}")
+    need(p.bc.loss in ("faithful", "nll", "mse"), f"'bc.loss' must be faithful, nll or mse, got {p.bc.loss!r}")
+    need(p.bc.activation in ("triangle", "sincos"),
+         f"'bc.activation' must be triangle or sincos, got {p.bc.activation!r}")
+    need(p.reward.alpha == "auto" or isinstance(p.reward.alpha, float),
+         f"'reward.alpha' must be 'auto' or a number, got {p.reward.alpha!r}")
+    need(0 < p.dynamics.n_elites <= p.dynamics.n_members, "'dynamics.n_elites' must be in 1..n_members")
+    need(len(p.improve.algos) >= 1 and all(a in ("awr", "rambo") for a in p.improve.algos),
+         f"'improve.algos' must list awr and/or rambo, got {p.improve.algos!r}")
+    need(all(isinstance(s, int) for s in p.improve.seeds), "'improve.seeds' must be a list of integers")
+    need(p.evaluate.episodes >= 1, "'evaluate.episodes' must be >= 1")
