@@ -86,12 +86,14 @@ class DynamicsConfig:
     n_layers: int = 4
     lr: float = 1e-3
     batch_size: int = 256
-    max_epochs: int = 200
+    max_epochs: int = 60                      # ~25k steps on the embedded data: < 15 min on 1 CPU thread
     max_epoch_steps: int = 1000               # gradient steps per "epoch" cap on big datasets
     patience: int = 5
     holdout: int = 1000
     learn_reward: bool = False
+    weight_decay: list = field(default_factory=lambda: [2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4])  # per layer
     multistep_horizon: int = 5
+    multistep_episodes: int = 5               # whole episodes held out for the open-loop check
 
 
 @dataclass
@@ -129,6 +131,8 @@ class ImproveConfig:
     expert_ratio: float = 0.5
     log_every: int = 1000
     checkpoint_every: int = 5000
+    eval_every: int = 5000                    # monitoring only (curve.tsv), never used for selection
+    eval_episodes: int = 3
     compile: bool = False
     awr: AWRConfig = field(default_factory=AWRConfig)
     rambo: RAMBOConfig = field(default_factory=RAMBOConfig)
@@ -136,9 +140,9 @@ class ImproveConfig:
 
 @dataclass
 class EvaluateConfig:
-    episodes: int = 10
-    n_envs: int = 5
-    bootstrap: int = 2000
+    episodes: int = 10                        # per policy; episode k is reset with a fixed seed
+    n_envs: int = 5                           # vectorised environments stepped together
+    bootstrap: int = 2000                     # resamples for the aggregates' 95 % interval
 
 
 @dataclass
@@ -209,6 +213,7 @@ def _validate(p: Params) -> None:
     need(p.data.expert.selection in ("random", "first", "best"),
          f"'data.expert.selection' must be random, first or best, got {p.data.expert.selection!r}")
     need(p.data.expert.n_trajectories >= 1, "'data.expert.n_trajectories' must be >= 1")
+    need(p.data.max_episode_steps >= 1, "'data.max_episode_steps' must be >= 1")
     need(len(p.data.suboptimal.sources) >= 1 and all(isinstance(s, str) for s in p.data.suboptimal.sources),
          "'data.suboptimal.sources' must be a non-empty list of source strings")
     need(p.env.ref_scores == "auto" or (isinstance(p.env.ref_scores, list) and len(p.env.ref_scores) == 2
@@ -226,3 +231,5 @@ def _validate(p: Params) -> None:
          f"'improve.algos' must list awr and/or rambo, got {p.improve.algos!r}")
     need(all(isinstance(s, int) for s in p.improve.seeds), "'improve.seeds' must be a list of integers")
     need(p.evaluate.episodes >= 1, "'evaluate.episodes' must be >= 1")
+    need(p.evaluate.n_envs >= 1, "'evaluate.n_envs' must be >= 1")
+    need(p.evaluate.bootstrap >= 1, "'evaluate.bootstrap' must be >= 1")

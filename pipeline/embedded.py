@@ -1,16 +1,197 @@
-"""Embedded default datasets (`embedded:<name>`), built offline from committed actors.
+"""Embedded default datasets (`embedded:hopper/expert`, `embedded:hopper/mixed`).
 
-Placeholder until the embedded-default issue lands.
+Built offline, deterministically, from the two SAC actors committed in
+pipeline/assets/hopper/ (see the card there), and written as real Minari datasets with
+`minari.create_dataset_from_buffers`, so they are read back through the same `minari:`
+code path as any other Minari dataset. Built the first time ingest needs them and cached
+under ``$CSIL_EMBEDDED_CACHE`` (default ``data/embedded``), keyed by the actors' hash and
+the recipe version; a changed actor or recipe rebuilds.
+
+Recipes (D4RL-style):
+  expert  25 episodes of the expert actor, actions = mean + N(0, 0.1^2), clipped.
+  mixed   ~100k transitions, mostly low and medium quality (medium-replay spirit):
+          uniformly random episodes, the medium actor with and without noise, the
+          expert with heavy noise.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
+
+import gymnasium as gym
+import numpy as np
+import torch
+from threadpoolctl import threadpool_limits
 
 from pipeline.datasets import DatasetError
 
-EMBEDDED_NAMES = ("hopper/expert", "hopper/mixed")
+log = logging.getLogger(__name__)
+
+ASSETS = Path(__file__).parent / "assets"
+RECIPE_VERSION = 1
+ENV_ID = "Hopper-v5"
+D4RL_HOPPER_REF = (-20.272305, 3234.3)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """``transitions`` steps (whole episodes, last one may overrun) of one behaviour."""
+    actor: str | None          # "expert" | "medium" | None (uniform random actions)
+    noise: float               # std of Gaussian noise added to the actor's mean action
+    transitions: int
+
+
+RECIPES: dict[str, list[Segment]] = {
+    "hopper/expert": [Segment("expert", 0.1, 25)],   # 25 *episodes* (see build_buffers)
+    "hopper/mixed": [Segment(None, 0.0, 10_000), Segment("medium", 0.0, 25_000),
+                     Segment("medium", 0.3, 35_000), Segment("expert", 1.0, 30_000)],
+}
+EMBEDDED_NAMES = tuple(RECIPES)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("CSIL_EMBEDDED_CACHE", "data/embedded")).resolve()
+
+
+def dataset_id(name: str) -> str:
+    return f"embedded/{name}-v0"
+
+
+def _actor_path(kind: str) -> Path:
+    return ASSETS / "hopper" / f"{kind}_actor.pt"
+
+
+def _fingerprint() -> str:
+    h = hashlib.sha256(f"recipe-v{RECIPE_VERSION}".encode())
+    h.update(json.dumps({k: [s.__dict__ for s in v] for k, v in RECIPES.items()}, sort_keys=True).encode())
+    for kind in ("expert", "medium"):
+        h.update(_actor_path(kind).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _load_actor(kind: str) -> Callable[[np.ndarray], np.ndarray]:
+    """The committed actor's deterministic action as a float64 numpy function.
+
+    Per-step torch calls cost ~1 ms on a busy CPU, more than the MuJoCo step itself;
+    the same MLP in numpy is ~20x cheaper and makes the build take seconds, not minutes.
+    """
+    from pipeline.policies import TanhGaussianMLP, load_policy
+    path = _actor_path(kind)
+    if not path.exists():
+        raise DatasetError(f"{path}: committed {kind} actor is missing; the embedded datasets cannot be built")
+    policy = load_policy(path)
+    assert isinstance(policy, TanhGaussianMLP)
+    mean, std = (policy.normalizer.mean.double().numpy(), policy.normalizer.std.double().numpy())
+    layers = [(m.weight.detach().double().numpy().T, m.bias.detach().double().numpy())
+              for m in policy.net if isinstance(m, torch.nn.Linear)]
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        h = (obs - mean) / std
+        for i, (w, b) in enumerate(layers):
+            h = h @ w + b
+            if i < len(layers) - 1:
+                h = np.maximum(h, 0.0)
+        return np.tanh(h[: policy.act_dim])
+
+    return act
+
+
+def rollout_episodes(env: gym.Env, actor: Callable[[np.ndarray], np.ndarray] | None, noise: float, rng: np.random.Generator, *, episodes: int | None = None,
+                     transitions: int | None = None, seed: int = 0) -> list[dict]:
+    """Whole episodes of ``actor`` (None = uniform random), until the episode or transition count is met."""
+    low, high = env.action_space.low, env.action_space.high
+    out, total, ep = [], 0, 0
+    while (episodes is not None and ep < episodes) or (transitions is not None and total < transitions):
+        obs, _ = env.reset(seed=seed + ep)
+        observations, actions, rewards, terms, truncs = [obs], [], [], [], []
+        done = False
+        while not done:
+            if actor is None:
+                a = rng.uniform(-1.0, 1.0, size=low.shape)
+            else:
+                a = np.clip(actor(obs) + noise * rng.standard_normal(low.shape), -1.0, 1.0)
+            a = a.astype(np.float32)
+            obs, r, term, trunc, _ = env.step(low + (a + 1.0) * 0.5 * (high - low))
+            observations.append(obs)
+            actions.append(a)
+            rewards.append(float(r))
+            terms.append(bool(term))
+            truncs.append(bool(trunc))
+            done = term or trunc
+        out.append({"observations": np.asarray(observations, np.float64), "actions": np.asarray(actions),
+                    "rewards": np.asarray(rewards), "terminations": np.asarray(terms),
+                    "truncations": np.asarray(truncs)})
+        total += len(actions)
+        ep += 1
+    return out
+
+
+def build_buffers(name: str) -> list[dict]:
+    with threadpool_limits(1):  # multi-threaded BLAS on a 256-vector is 10x slower than one thread
+        return _build_buffers(name)
+
+
+def _build_buffers(name: str) -> list[dict]:
+    env = gym.make(ENV_ID)
+    actors = {kind: _load_actor(kind) for kind in ("expert", "medium")}
+    episodes: list[dict] = []
+    for i, seg in enumerate(RECIPES[name]):
+        rng = np.random.default_rng(1000 * (i + 1) + (0 if name.endswith("expert") else 7))
+        actor = actors[seg.actor] if seg.actor else None
+        count = {"episodes": seg.transitions} if name.endswith("expert") else {"transitions": seg.transitions}
+        episodes += rollout_episodes(env, actor, seg.noise, rng, seed=100_000 * (i + 1), **count)
+    env.close()
+    return episodes
+
+
+def _write_minari(name: str, episodes: list[dict], root: Path) -> None:
+    import minari
+    from minari.data_collector import EpisodeBuffer
+
+    buffers = [EpisodeBuffer(id=i, observations=e["observations"], actions=e["actions"], rewards=e["rewards"],
+                             terminations=e["terminations"], truncations=e["truncations"])
+               for i, e in enumerate(episodes)]
+    previous = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(root)
+    try:
+        minari.create_dataset_from_buffers(
+            dataset_id(name), buffers, env=ENV_ID, algorithm_name=f"csil-pipeline embedded recipe v{RECIPE_VERSION}",
+            ref_min_score=D4RL_HOPPER_REF[0], ref_max_score=D4RL_HOPPER_REF[1],
+            description=f"Embedded default dataset {name}: " + ", ".join(
+                f"{s.actor or 'random'} (noise {s.noise}) x {s.transitions}" for s in RECIPES[name]))
+    finally:
+        if previous is None:
+            os.environ.pop("MINARI_DATASETS_PATH", None)
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = previous
 
 
 def ensure_embedded(name: str) -> tuple[str, Path]:
     """Build (once, cached) the embedded dataset ``name``; return (minari dataset id, datasets root)."""
-    raise DatasetError(f"embedded:{name}: the embedded default datasets are not built yet")
+    if name not in RECIPES:
+        raise DatasetError(f"embedded:{name}: unknown embedded dataset; available: "
+                           + ", ".join(f"embedded:{n}" for n in RECIPES))
+    root = cache_root() / _fingerprint()
+    marker = root / f".{name.replace('/', '_')}.done"
+    if not marker.exists():
+        start = time.time()
+        staging = root.parent / f".staging-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        episodes = build_buffers(name)
+        _write_minari(name, episodes, staging)
+        target = root / Path(*dataset_id(name).split("/"))
+        shutil.rmtree(target, ignore_errors=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging / Path(*dataset_id(name).split("/")), target)
+        shutil.rmtree(staging, ignore_errors=True)
+        marker.write_text(json.dumps({"episodes": len(episodes), "seconds": round(time.time() - start, 1)}))
+        log.info("built embedded:%s (%d episodes, %d transitions) in %.1fs", name, len(episodes),
+                 sum(len(e["actions"]) for e in episodes), time.time() - start)
+    return dataset_id(name), root

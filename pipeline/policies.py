@@ -10,6 +10,8 @@ Interface shared by all policies:
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -71,7 +73,95 @@ class TanhGaussianMLP(Policy):
         return {"kind": "mlp", "obs_dim": self.obs_dim, "act_dim": self.act_dim, "hidden": list(self.hidden)}
 
 
-POLICY_KINDS: dict[str, type[Policy]] = {"mlp": TanhGaussianMLP}
+_PI_DIV_2_SQRT2 = math.pi / (2.0 * math.sqrt(2.0))
+
+
+def triangle_wave(x: torch.Tensor) -> torch.Tensor:
+    """Periodic triangle wave (period 2 pi) scaled by pi / (2 sqrt 2), CSIL's default."""
+    z = torch.floor(x / math.pi + 0.5)
+    sign = 1.0 - 2.0 * torch.remainder(z, 2.0)   # (-1) ** z
+    return _PI_DIV_2_SQRT2 * (x - math.pi * z) * sign
+
+
+def sin_cos(x: torch.Tensor) -> torch.Tensor:
+    return torch.sin(x) + torch.cos(x)
+
+
+STATIONARY_ACTIVATIONS = {"triangle": triangle_wave, "sincos": sin_cos}
+
+
+class HetStatPolicy(Policy):
+    """CSIL's stationary heteroscedastic tanh-Gaussian policy.
+
+    ELU torso -> bottleneck h -> stationary periodic features f -> loc = f W_loc and
+    std_k = sqrt(prior_var) tanh(sqrt(1e-5 + ||L_k^T f||^2)). Off the data the periodic
+    features decorrelate, so loc -> 0 and std -> sqrt(prior_var): the policy returns to
+    its prior instead of extrapolating confidently.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256, bottleneck: int = 12,
+                 features: int = 256, prior_var: float = 0.75, activation: str = "triangle"):
+        super().__init__()
+        if features % 2:
+            raise ValueError(f"HetStat features must be even, got {features}")
+        self.obs_dim, self.act_dim = obs_dim, act_dim
+        self.hidden, self.bottleneck, self.features = hidden, bottleneck, features
+        self.prior_var, self.activation = prior_var, activation
+        self.normalizer = ObsNormalizer(obs_dim)
+        self.torso = nn.Sequential(nn.Linear(obs_dim, hidden), nn.ELU(), nn.Linear(hidden, hidden), nn.ELU(),
+                                   nn.Linear(hidden, bottleneck), nn.ELU())
+        for layer in self.torso:
+            if isinstance(layer, nn.Linear):
+                nn.init.orthogonal_(layer.weight)
+                nn.init.zeros_(layer.bias)
+        self.random_weights = nn.Parameter(torch.randn(bottleneck, features // 2))
+        self.log_lengthscales = nn.Parameter(torch.full((bottleneck,), -5.0))
+        self.loc_weights = nn.Parameter(torch.zeros(features, act_dim))
+        # Lower-triangular factors L_k of the variance head, stored as raw[i, k, j] = L_k[i, j]
+        # so that (F, d*F) is a free view: one matmul gives f^T L_k for every k. The diagonal
+        # is exponentiated, so zeros -> identity (CSIL's FillScaleTriL(diag=Exp)).
+        self.scale_raw = nn.Parameter(torch.zeros(features, act_dim, features))
+        i = torch.arange(features).view(-1, 1, 1)
+        j = torch.arange(features).view(1, 1, -1)
+        self.register_buffer("strict_lower", (j < i).expand(features, act_dim, features).float(), persistent=False)
+        self.register_buffer("diagonal", (j == i).expand(features, act_dim, features).clone(), persistent=False)
+        self.phi = STATIONARY_ACTIVATIONS[activation]
+
+    def stationary_features(self, obs: torch.Tensor) -> torch.Tensor:
+        h = self.torso(self.normalizer(obs))
+        z = (h * self.log_lengthscales.exp()) @ self.random_weights
+        f = torch.cat([self.phi(z + math.pi / 4), self.phi(z - math.pi / 4)], dim=-1)
+        return f / math.sqrt(self.features)
+
+    def scale_factors(self) -> torch.Tensor:
+        """All L_k side by side, shape (F, d*F): column block k is L_k."""
+        raw = self.scale_raw
+        factors = torch.where(self.diagonal, raw.exp(), raw * self.strict_lower)
+        return factors.view(self.features, self.act_dim * self.features)
+
+    def loc(self, f: torch.Tensor) -> torch.Tensor:
+        return f @ self.loc_weights
+
+    def std(self, f: torch.Tensor) -> torch.Tensor:
+        """sqrt(prior_var) * tanh(sqrt(1e-5 + ||L_k^T f||^2)) for every action dim k."""
+        var = (f @ self.scale_factors()).view(*f.shape[:-1], self.act_dim, self.features).pow(2).sum(-1)
+        return math.sqrt(self.prior_var) * torch.tanh(torch.sqrt(1e-5 + var))
+
+    def dist_params(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.stationary_features(obs)
+        return self.loc(f), self.std(f)
+
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        # The variance head is d*F^2 FLOPs per state; the deterministic action needs only the mean.
+        return torch.tanh(self.loc(self.stationary_features(obs)))
+
+    def config(self) -> dict:
+        return {"kind": "hetstat", "obs_dim": self.obs_dim, "act_dim": self.act_dim, "hidden": self.hidden,
+                "bottleneck": self.bottleneck, "features": self.features, "prior_var": self.prior_var,
+                "activation": self.activation}
+
+
+POLICY_KINDS: dict[str, type[Policy]] = {"mlp": TanhGaussianMLP, "hetstat": HetStatPolicy}
 
 
 def policy_from_config(config: dict) -> Policy:

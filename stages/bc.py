@@ -1,0 +1,77 @@
+"""Stage bc: CSIL HetStat behaviour cloning (two stages) and the plain MLP BC baseline.
+
+Writes data/bc/stage1.pt (50/50 suboptimal + expert; the improved actor starts here),
+data/bc/policy.pt (stage 2, expert only; defines the coherent reward), data/bc/baseline.pt
+(plain tanh-Gaussian MLP BC), data/bc/metrics.json, data/bc/curve.tsv, data/bc/baseline_curve.tsv.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from pipeline.bc import batch_sampler, fit, mixed_sampler, observation_stats, split_expert_episodes
+from pipeline.config import load_params
+from pipeline.datasets import EpisodeDataset
+from pipeline.policies import HetStatPolicy, TanhGaussianMLP, save_policy
+from pipeline.stage import run_stage
+from pipeline.utils import atomic_json, atomic_write, resolve_device, seed_everything
+
+OUT = Path("data/bc")
+log = logging.getLogger("bc")
+
+
+def main() -> None:
+    params = load_params()
+    cfg = params.bc
+    device = resolve_device(params.device)
+    seed_everything(params.seed)
+    expert = EpisodeDataset.load("data/ingested/expert.h5")
+    suboptimal = EpisodeDataset.load("data/ingested/suboptimal.h5")
+    train, val = split_expert_episodes(expert, cfg.val_fraction, params.seed)
+    log.info("expert: %d train / %d held-out episodes (%d / %d transitions); suboptimal: %d transitions",
+             train.n_episodes, val.n_episodes, train.n_transitions, val.n_transitions, suboptimal.n_transitions)
+    mean, std = observation_stats(expert, suboptimal)
+    t = lambda d: (torch.as_tensor(d.observations, device=device), torch.as_tensor(d.actions, device=device))
+    train_b, val_b, sub_b = t(train), t(val), t(suboptimal)
+    start = time.time()
+    common = dict(lr=cfg.lr, weight_decay=cfg.weight_decay, loss=cfg.loss, eval_every=cfg.eval_every,
+                  patience=cfg.patience)
+
+    policy = HetStatPolicy(expert.obs_dim, expert.act_dim, hidden=cfg.hidden, bottleneck=cfg.bottleneck,
+                           features=cfg.features, prior_var=cfg.prior_var, activation=cfg.activation).to(device)
+    policy.normalizer.set(mean.to(device), std.to(device))
+    s1 = fit(policy, mixed_sampler(sub_b, train_b, cfg.batch_size), val_b, steps=cfg.stage1_steps,
+             desc="bc stage 1 (suboptimal+expert)", **common)
+    stage1 = copy.deepcopy(policy)
+    s2 = fit(policy, batch_sampler(*train_b, cfg.batch_size), val_b, steps=cfg.stage2_steps,
+             desc="bc stage 2 (expert)", step_offset=s1.steps_run, **common)
+
+    baseline = TanhGaussianMLP(expert.obs_dim, expert.act_dim,
+                               hidden=(cfg.baseline_hidden,) * cfg.baseline_layers).to(device)
+    baseline.normalizer.set(mean.to(device), std.to(device))
+    base = fit(baseline, batch_sampler(*train_b, cfg.batch_size), val_b, steps=cfg.baseline_steps,
+               desc="bc baseline (plain MLP)", **{**common, "loss": "nll"})
+
+    wall = time.time() - start
+    metrics = {**s2.best, "steps": s1.steps_run + s2.steps_run, "best_step_stage2": s2.best_step,
+               "wall_s": round(wall, 1), "train_episodes": train.n_episodes, "val_episodes": val.n_episodes,
+               "stage1": {**s1.best, "steps": s1.steps_run, "best_step": s1.best_step},
+               "baseline": {**base.best, "steps": base.steps_run, "best_step": base.best_step}}
+    save_policy(stage1, OUT / "stage1.pt", stage="stage1", metrics=s1.best)
+    save_policy(policy, OUT / "policy.pt", stage="stage2", metrics=s2.best)
+    save_policy(baseline, OUT / "baseline.pt", stage="baseline", metrics=base.best)
+    curve = pd.DataFrame([{**r, "phase": "stage1"} for r in s1.curve] + [{**r, "phase": "stage2"} for r in s2.curve])
+    atomic_write(OUT / "curve.tsv", lambda p: curve.to_csv(p, sep="\t", index=False))
+    atomic_write(OUT / "baseline_curve.tsv", lambda p: pd.DataFrame(base.curve).to_csv(p, sep="\t", index=False))
+    atomic_json(metrics, OUT / "metrics.json")
+    log.info("csil bc: val_mse %.4f val_nll %.3f | baseline: val_mse %.4f val_nll %.3f | %.0fs",
+             s2.best["val_mse"], s2.best["val_nll"], base.best["val_mse"], base.best["val_nll"], wall)
+
+
+if __name__ == "__main__":
+    run_stage(main)
