@@ -84,10 +84,22 @@ class EnsembleDynamics(nn.Module):
         return [*self.net.hidden, self.net.out]
 
     # -- standardisation -----------------------------------------------------------------
-    def fit_normalizer(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
-        """Set the input / target statistics from raw (N, in) inputs and (N, target) targets."""
+    def fit_normalizer(self, inputs: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor | None = None) -> None:
+        """Set the input / target statistics from raw (N, in) inputs and (N, target) targets.
+
+        ``rows`` restricts the statistics to those rows (the training split); they are
+        accumulated in float64 chunks so no copy of the split is made.
+        """
+        rows = torch.arange(inputs.shape[0], device=inputs.device) if rows is None else rows
         for data, mean, std in ((inputs, self.in_mean, self.in_std), (targets, self.target_mean, self.target_std)):
-            s, m = torch.std_mean(data, dim=0)
+            total = torch.zeros(data.shape[1], dtype=torch.float64, device=data.device)
+            total_sq = torch.zeros_like(total)
+            for chunk in rows.split(65536):
+                x = data[chunk].double()
+                total += x.sum(0)
+                total_sq += x.pow(2).sum(0)
+            m = total / len(rows)
+            s = (total_sq / len(rows) - m.pow(2)).clamp_min(0.0).sqrt()
             mean.copy_(m)
             std.copy_(torch.where(s < 1e-12, torch.ones_like(s), s))
 
@@ -309,7 +321,7 @@ def fit_dynamics(model: EnsembleDynamics, obs: torch.Tensor, act: torch.Tensor, 
 
     inputs = torch.cat([obs, act], dim=-1)
     targets = model.raw_targets(obs, next_obs, reward)
-    model.fit_normalizer(inputs[train_idx], targets[train_idx])
+    model.fit_normalizer(inputs, targets, train_idx)
     inputs.sub_(model.in_mean).div_(model.in_std)
     targets.sub_(model.target_mean).div_(model.target_std)
     x_hold, y_hold = inputs[hold_idx], targets[hold_idx]

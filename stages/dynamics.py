@@ -54,11 +54,13 @@ def main() -> None:
     termination = {"env_id": env.id, "mode": env.termination, "obs_bound": env.obs_bound}
     make_termination_fn(**termination, obs_dim=pool.obs_dim)     # fail now, not in the improvement stage
     train, heldout = split_heldout_episodes(pool, cfg.multistep_episodes, cfg.multistep_horizon, params.seed)
+    obs_dim, act_dim = pool.obs_dim, pool.act_dim
+    del pool                     # `train` is a copy: keep one copy of a 1M-transition dataset, not two
     log.info("training on %d transitions (%d episodes); %d whole episodes held out for the %d-step check",
              train.n_transitions, train.n_episodes, heldout.n_episodes if heldout else 0, cfg.multistep_horizon)
 
     data = train.to_torch(device)
-    model = EnsembleDynamics.from_config(cfg, pool.obs_dim, pool.act_dim).to(device)
+    model = EnsembleDynamics.from_config(cfg, obs_dim, act_dim).to(device)
     result = fit_dynamics(model, data["obs"], data["act"], data["next_obs"],
                           data["rew"] if cfg.learn_reward else None, lr=cfg.lr, batch_size=cfg.batch_size,
                           max_epochs=cfg.max_epochs, max_epoch_steps=cfg.max_epoch_steps, patience=cfg.patience,

@@ -29,6 +29,11 @@ import gymnasium as gym
 import h5py
 import numpy as np
 import pytest
+import torch
+
+# Test models are tiny: a second intra-op thread only adds synchronisation, which costs seconds
+# per test when other jobs keep the cores busy. Subprocess stages (dvc repro) set their own.
+torch.set_num_threads(1)
 
 HOPPER_MAX_STEPS = 40
 MINARI_ID = "test/hopper/random-v0"

@@ -17,7 +17,7 @@ from torch import nn
 
 from pipeline.datasets import EpisodeDataset
 from pipeline.dynamics import (EnsembleDynamics, fit_dynamics, load_dynamics, make_optimizer, multistep_error,
-                               rollout, save_dynamics, split_heldout_episodes, train_step)
+                               rollout, save_dynamics, split_heldout_episodes)
 from pipeline.stage import ArtefactError, run_stage
 from pipeline.termination import make_termination_fn
 
@@ -385,3 +385,13 @@ def test_stage_without_data_exits_nonzero_with_a_message(tmp_path: Path) -> None
     assert proc.returncode == 1
     assert "error: data/ingested/expert.h5: canonical dataset not found; run `dvc repro ingest`" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_stage_rejects_inconsistent_dynamics_params(tmp_path: Path, hopper: EpisodeDataset,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    stage_dir(tmp_path, hopper)
+    params = (tmp_path / "params.yaml").read_text().replace("  n_layers: 2\n", "  n_layers: 3\n")
+    (tmp_path / "params.yaml").write_text(params)
+    code, err = run_in_process(tmp_path, monkeypatch, capsys)
+    assert code == 1 and "'dynamics.weight_decay' must list n_layers + 1 = 4" in err
