@@ -138,6 +138,9 @@ def _episodes(starts: np.ndarray, act_fn, rng) -> dict[str, torch.Tensor]:
 
 
 def test_awr_improves_on_bc_from_a_single_demonstration():
+    """One demonstration from x = 0 to the goal x = 1 never visits x > 1. There BC (HetStat) is
+    uncertain and only creeps back; AWR on the coherent reward, using random play that does
+    cover x > 1, learns to head back to the demonstrated states faster."""
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     demo = _episodes(np.array([0.0]), lambda x, r: _expert(x), rng)                 # one expert episode
@@ -145,12 +148,17 @@ def test_awr_improves_on_bc_from_a_single_demonstration():
     bc = HetStatPolicy(1, 1, hidden=64, features=64)
     fit(bc, batch_sampler(demo["obs"], demo["act"], 30), (demo["obs"], demo["act"]), steps=800, lr=3e-3,
         weight_decay=0.0, loss="faithful", eval_every=800, patience=5, desc="bc")
-    cfg = ImproveConfig(steps=3000, batch_size=128, log_every=1000, checkpoint_every=10_000)
+    cfg = ImproveConfig(steps=2000, batch_size=128, log_every=1000, checkpoint_every=10_000)
     improver = Improver(copy.deepcopy(bc), bc, cfg, Bounds(-5.0, 0.0, 0.99), alpha=1.0, device=torch.device("cpu"))
     for d in (demo, random_play):
         d["rew"] = improver.reward(d["obs"], d["act"])
     improver.bounds = Bounds(-5.0, float(demo["rew"].max()), 0.99)
     train(improver, "awr", TransitionBuffer(demo), TransitionBuffer(random_play), random_play["obs"])
-    starts = np.linspace(-2.8, 2.8, 15)
+
+    starts = np.linspace(1.5, 3.0, 8)              # beyond the goal: never demonstrated
     bc_return, improved_return = _returns(bc, starts), _returns(improver.actor, starts)
-    assert improved_return > bc_return + 5.0, (bc_return, improved_return)
+    assert improved_return > bc_return + 0.25 * abs(bc_return), (bc_return, improved_return)
+    x = torch.as_tensor(starts[:, None], dtype=torch.float32)
+    with torch.no_grad():
+        gap = lambda policy: float(np.abs(policy.act(x).numpy()[:, 0] - _expert(starts)).mean())
+        assert gap(improver.actor) < gap(bc)
