@@ -58,6 +58,7 @@ class BCConfig:
     bottleneck: int = 12
     hidden: int = 256
     prior_var: float = 0.75
+    log_lengthscale_init: float = 0.0         # CSIL code: -5 (does not train within these budgets)
     lr: float = 1e-3
     weight_decay: float = 1e-4
     batch_size: int = 256

@@ -8,7 +8,7 @@ under ``$CSIL_EMBEDDED_CACHE`` (default ``data/embedded``), keyed by the actors'
 the recipe version; a changed actor or recipe rebuilds.
 
 Recipes (D4RL-style):
-  expert  25 episodes of the expert actor, actions = mean + N(0, 0.1^2), clipped.
+  expert  25 episodes of the expert actor, actions = mean + N(0, 0.05^2), clipped.
   mixed   ~100k transitions, mostly low and medium quality (medium-replay spirit):
           uniformly random episodes, the medium actor with and without noise, the
           expert with heavy noise.
@@ -35,7 +35,7 @@ from pipeline.datasets import DatasetError
 log = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).parent / "assets"
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 ENV_ID = "Hopper-v5"
 D4RL_HOPPER_REF = (-20.272305, 3234.3)
 
@@ -49,7 +49,7 @@ class Segment:
 
 
 RECIPES: dict[str, list[Segment]] = {
-    "hopper/expert": [Segment("expert", 0.1, 25)],   # 25 *episodes* (see build_buffers)
+    "hopper/expert": [Segment("expert", 0.05, 25)],  # 25 *episodes* (see build_buffers)
     "hopper/mixed": [Segment(None, 0.0, 10_000), Segment("medium", 0.0, 25_000),
                      Segment("medium", 0.3, 35_000), Segment("expert", 1.0, 30_000)],
 }

@@ -43,7 +43,8 @@ def main() -> None:
                   patience=cfg.patience)
 
     policy = HetStatPolicy(expert.obs_dim, expert.act_dim, hidden=cfg.hidden, bottleneck=cfg.bottleneck,
-                           features=cfg.features, prior_var=cfg.prior_var, activation=cfg.activation).to(device)
+                           features=cfg.features, prior_var=cfg.prior_var, activation=cfg.activation,
+                           log_lengthscale_init=cfg.log_lengthscale_init).to(device)
     policy.normalizer.set(mean.to(device), std.to(device))
     s1 = fit(policy, mixed_sampler(sub_b, train_b, cfg.batch_size), val_b, steps=cfg.stage1_steps,
              desc="bc stage 1 (suboptimal+expert)", **common)

@@ -61,7 +61,8 @@ def test_hetstat_initialisation_matches_csil():
     loc, std = p.dist_params(obs)
     assert torch.all(loc == 0)                                   # zero-initialised mean head
     assert torch.all(std <= math.sqrt(0.75) + 1e-6)              # capped at the prior std
-    assert torch.allclose(p.log_lengthscales, torch.full((12,), -5.0))
+    assert torch.allclose(p.log_lengthscales, torch.zeros(12))
+    assert torch.allclose(HetStatPolicy(11, 3, log_lengthscale_init=-5.0).log_lengthscales, torch.full((12,), -5.0))
     L = p.scale_factors().view(256, 3, 256)
     assert torch.allclose(L[:, 0, :], torch.eye(256))            # zeros -> identity
 
