@@ -104,12 +104,13 @@ def fit(policy: Policy, sample_batch: Callable[[], Batch], val: Batch, *, steps:
     """Adam with L2 weight decay; evaluate every ``eval_every`` steps; keep the best snapshot.
 
     Stops after ``patience`` evaluations without a lower held-out MSE. The policy ends
-    holding the best snapshot's weights.
+    holding the best trained snapshot's weights (the untrained start is never chosen).
     """
     opt = torch.optim.Adam(policy.parameters(), lr=lr, weight_decay=weight_decay)
-    best = evaluate_bc(policy, *val)
-    best_state, best_step, since_best = copy.deepcopy(policy.state_dict()), 0, 0
-    curve = [{"step": step_offset, **best, "train_loss": float("nan")}]
+    # The starting point is logged but never kept: with one demonstration the held-out MSE of an
+    # untrained MLP (actions ~0) can beat every trained snapshot, and an untrained "BC" is no baseline.
+    curve = [{"step": step_offset, **evaluate_bc(policy, *val), "train_loss": float("nan")}]
+    best, best_state, best_step, since_best = {"val_mse": float("inf")}, None, 0, 0
     start, step = time.time(), 0
     bar = tqdm(range(1, steps + 1), desc=desc, mininterval=2.0, leave=False)
     running = torch.zeros((), device=val[0].device)
@@ -132,7 +133,10 @@ def fit(policy: Policy, sample_batch: Callable[[], Batch], val: Batch, *, steps:
                 if since_best >= patience:
                     break
     bar.close()
-    policy.load_state_dict(best_state)
+    if best_state is not None:
+        policy.load_state_dict(best_state)
+    else:                         # steps == 0: nothing was trained
+        best = curve[0]
     wall = time.time() - start
     log.info("%s: best val_mse %.4f val_nll %.3f at step %d of %d (%.1fs)", desc, best["val_mse"],
              best["val_nll"], best_step, step, wall)

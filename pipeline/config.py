@@ -100,7 +100,7 @@ class DynamicsConfig:
 @dataclass
 class AWRConfig:
     expectile: float = 0.7
-    beta: float = 3.0
+    beta: float = 0.3
     max_weight: float = 100.0
 
 
@@ -111,7 +111,7 @@ class RAMBOConfig:
     horizon: int = 5
     buffer_rollouts: int = 5
     real_ratio: float = 0.5
-    kl_beta: float = 0.01
+    kl_beta: float = 0.1
     adv_every: int = 1000
     adv_steps: int = 100
     adv_weight: float = 3e-4

@@ -314,11 +314,13 @@ def reward_section(data_dir: Path, figs: _Figures) -> str:
 
 def dynamics_section(data_dir: Path, figs: _Figures) -> str:
     metrics = _json(data_dir / "dynamics" / "metrics.json")
-    keys = ["holdout_mse", "holdout_mse_per_member", "elites", "multistep_mse", "multistep_baseline_mse"]
-    parts = [_kv_table(metrics, keys + [k for k in _flatten(metrics) if k not in keys
-                                        and not isinstance(_flatten(metrics)[k], (list, dict))])]
-    per_member, multistep = metrics.get("holdout_mse_per_member"), metrics.get("multistep_mse")
-    baseline = metrics.get("multistep_baseline_mse")
+    keys = ["holdout_mse", "elites", "multistep.mse", "multistep.baseline_mse"]
+    flat = _flatten(metrics)
+    parts = [_kv_table(metrics, keys + [k for k in flat if k not in keys and not isinstance(flat[k], (list, dict))])]
+    # the names the dynamics stage writes (pipeline/dynamics.py, stages/dynamics.py)
+    multi = metrics.get("multistep") if isinstance(metrics.get("multistep"), dict) else {}
+    per_member, multistep = metrics.get("holdout_mse_members"), multi.get("mse_per_step")
+    baseline = multi.get("baseline_mse_per_step")
     plots = [p for p in (isinstance(per_member, list), isinstance(multistep, list)) if p]
     if not plots:
         parts.append(_note("per-member holdout errors and per-step multistep errors: not available"))

@@ -149,6 +149,7 @@ def test_awr_improves_on_bc_from_a_single_demonstration():
     fit(bc, batch_sampler(demo["obs"], demo["act"], 30), (demo["obs"], demo["act"]), steps=800, lr=3e-3,
         weight_decay=0.0, loss="faithful", eval_every=800, patience=5, desc="bc")
     cfg = ImproveConfig(steps=2000, batch_size=128, log_every=1000, checkpoint_every=10_000)
+    cfg.awr.beta = 3.0              # no terminals here: advantages are small, IQL's beta suits them
     improver = Improver(copy.deepcopy(bc), bc, cfg, Bounds(-5.0, 0.0, 0.99), alpha=1.0, device=torch.device("cpu"))
     for d in (demo, random_play):
         d["rew"] = improver.reward(d["obs"], d["act"])

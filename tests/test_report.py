@@ -74,8 +74,9 @@ def write_artefacts(root: Path, with_optional: bool = True) -> Path:
                   "suboptimal": np.exp(-(centers + 2) ** 2 / 2)}).to_csv(data / "reward" / "histogram.csv", index=False)
     (data / "dynamics").mkdir()
     (data / "dynamics" / "metrics.json").write_text(json.dumps(
-        {"holdout_mse": 0.01, "holdout_mse_per_member": [0.01, 0.012, 0.009, 0.02, 0.011], "elites": [0, 2, 4],
-         "multistep_mse": [0.01, 0.03, 0.06, 0.1, 0.15], "multistep_baseline_mse": [0.1, 0.3, 0.6, 0.9, 1.2]}))
+        {"holdout_mse": 0.01, "holdout_mse_members": [0.01, 0.012, 0.009, 0.02, 0.011], "elites": [0, 2, 4],
+         "multistep": {"horizon": 5, "mse": 0.15, "baseline_mse": 1.2, "mse_per_step": [0.01, 0.03, 0.06, 0.1, 0.15],
+                       "baseline_mse_per_step": [0.1, 0.3, 0.6, 0.9, 1.2]}}))
     for run in RUNS:
         (data / "improve" / run).mkdir(parents=True)
         pd.DataFrame({"step": np.arange(0, 5000, 1000), "critic_loss": rng.uniform(size=5),
@@ -127,7 +128,7 @@ def test_report_tolerates_partial_and_odd_formats(tmp_path):
     (data / "improve" / "awr-1" / "curve.tsv").write_text("nothing useful\n")
     out, html = render(tmp_path, data)
     assert_offline(out, html)
-    assert "multistep_mse" in html and "not available" in html
+    assert "multistep.mse" in html and "not available" in html
     assert "could not render this section" in html            # bc curve without val_* columns
     assert "could not plot" in html and "improve_awr-0.png" in html
 
