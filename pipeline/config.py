@@ -31,7 +31,7 @@ class EnvConfig:
 @dataclass
 class ExpertDataConfig:
     source: str = "embedded:hopper/expert"
-    n_trajectories: int = 5
+    n_trajectories: int = 1
     selection: str = "random"                  # random | first | best
     skip_terminated: bool = False
     add_to_suboptimal: bool = True
@@ -87,7 +87,7 @@ class DynamicsConfig:
     n_layers: int = 4
     lr: float = 1e-3
     batch_size: int = 256
-    max_epochs: int = 60                      # ~25k steps on the embedded data: < 15 min on 1 CPU thread
+    max_epochs: int = 30                      # keeps the default run inside its 25-minute budget
     max_epoch_steps: int = 1000               # gradient steps per "epoch" cap on big datasets
     patience: int = 5
     holdout: int = 1000
@@ -113,7 +113,7 @@ class RAMBOConfig:
     real_ratio: float = 0.5
     kl_beta: float = 0.1
     adv_every: int = 1000
-    adv_steps: int = 100
+    adv_steps: int = 50
     adv_weight: float = 3e-4
     adv_batch: int = 256
     model_lr: float = 3e-4
@@ -123,7 +123,7 @@ class RAMBOConfig:
 class ImproveConfig:
     algos: list = field(default_factory=lambda: ["awr", "rambo"])
     seeds: list = field(default_factory=lambda: [0])
-    steps: int = 20000
+    steps: int = 10000
     batch_size: int = 256
     gamma: float = 0.99
     tau: float = 0.005

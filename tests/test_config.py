@@ -72,5 +72,5 @@ def test_defaults_apply_for_omitted_keys(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("data:\n  expert:\n    source: d4rl:x.hdf5\n")
     params = load_params(path)
-    assert params.data.expert.source == "d4rl:x.hdf5" and params.data.expert.n_trajectories == 5
+    assert params.data.expert.source == "d4rl:x.hdf5" and params.data.expert.n_trajectories == 1
     assert params.data.max_episode_steps == 1000 and params.data.allow_download is False
