@@ -25,6 +25,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from flops import matmul_peak_flops  # noqa: E402
 
 from pipeline.config import ImproveConfig  # noqa: E402
 from pipeline.dynamics import EnsembleDynamics  # noqa: E402
@@ -62,8 +65,7 @@ def main() -> None:
     torch.manual_seed(0)
     device = torch.device(args.device)
 
-    a, b = torch.randn(1024, 1024, device=device), torch.randn(1024, 1024, device=device)
-    peak = 2.0 * 1024 ** 3 / best_seconds(lambda: a @ b, reps=10, windows=5)
+    peak = matmul_peak_flops(device=device)
     print(f"threads {args.threads}, device {device}; float32 1024^3 matmul: {peak / 1e9:.1f} GFLOP/s")
 
     cfg = ImproveConfig()

@@ -6,9 +6,9 @@ import time
 import torch
 
 
-def matmul_peak_flops(n: int = 1024, repeats: int = 20) -> float:
+def matmul_peak_flops(n: int = 1024, repeats: int = 20, device: torch.device | str = "cpu") -> float:
     """FLOP/s of a float32 n^3 matmul on this process's threads (best of ``repeats``)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     a @ b
     best = float("inf")
     for _ in range(repeats):

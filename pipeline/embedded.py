@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -161,13 +162,13 @@ def _write_minari(name: str, episodes: list[dict], root: Path) -> None:
     previous = os.environ.get("MINARI_DATASETS_PATH")
     os.environ["MINARI_DATASETS_PATH"] = str(root)
     try:
-        import warnings
-        warnings.filterwarnings("ignore", module="minari.utils")  # nags about author, permalink, eval_env
-        minari.create_dataset_from_buffers(
-            dataset_id(name), buffers, env=ENV_ID, algorithm_name=f"csil-pipeline embedded recipe v{RECIPE_VERSION}",
-            ref_min_score=D4RL_HOPPER_REF[0], ref_max_score=D4RL_HOPPER_REF[1],
-            description=f"Embedded default dataset {name}: " + ", ".join(
-                f"{s.actor or 'random'} (noise {s.noise}) x {s.transitions}" for s in RECIPES[name]))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module="minari.utils")  # nags about author, permalink, eval_env
+            minari.create_dataset_from_buffers(
+                dataset_id(name), buffers, env=ENV_ID, algorithm_name=f"csil-pipeline embedded recipe v{RECIPE_VERSION}",
+                ref_min_score=D4RL_HOPPER_REF[0], ref_max_score=D4RL_HOPPER_REF[1],
+                description=f"Embedded default dataset {name}: " + ", ".join(
+                    f"{s.actor or 'random'} (noise {s.noise}) x {s.transitions}" for s in RECIPES[name]))
     finally:
         if previous is None:
             os.environ.pop("MINARI_DATASETS_PATH", None)
