@@ -78,7 +78,8 @@ def main() -> None:
                         device, dynamics, termination)
     obs = torch.randn(BATCH, OBS_DIM, device=device) * 0.1 + torch.tensor([1.25] + [0.0] * (OBS_DIM - 1), device=device)
     batch = {"obs": obs, "act": torch.rand(BATCH, ACT_DIM, device=device) * 2 - 1, "next_obs": obs + 0.01,
-             "terminal": torch.zeros(BATCH, device=device)}
+             "terminal": torch.zeros(BATCH, device=device),
+             "is_expert": (torch.arange(BATCH, device=device) < BATCH // 2).float()}
     batch["rew"] = improver.reward(batch["obs"], batch["act"])
 
     for name, step in (("AWR update", lambda: improver.awr_step(batch)),

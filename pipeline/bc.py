@@ -59,21 +59,22 @@ def observation_stats(*datasets: EpisodeDataset) -> tuple[torch.Tensor, torch.Te
     return torch.as_tensor(obs.mean(0), dtype=torch.float32), torch.as_tensor(obs.std(0), dtype=torch.float32)
 
 
-def bc_loss(policy: Policy, obs: torch.Tensor, act: torch.Tensor, kind: str) -> torch.Tensor:
+def bc_loss(policy: Policy, obs: torch.Tensor, act: torch.Tensor, kind: str,
+            weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The BC loss ``kind``; ``weights`` (one per sample) make it advantage-weighted (AWR)."""
+    w = torch.ones_like(act[:, 0]) if weights is None else weights
     if kind == "nll":
-        return -policy.log_prob(obs, act).mean()
+        return -(w * policy.log_prob(obs, act)).mean()
     if isinstance(policy, HetStatPolicy):
         f = policy.stationary_features(obs)
-        loc = policy.loc(f)
-        mse = (torch.tanh(loc) - act).pow(2).mean()
-        if kind == "mse":
-            return mse
-        return mse - tanh_gaussian_log_prob(loc.detach(), policy.std(f.detach()), act).mean()
-    loc, std = policy.dist_params(obs)
-    mse = (torch.tanh(loc) - act).pow(2).mean()
+        loc, std = policy.loc(f), lambda: policy.std(f.detach())
+    else:
+        loc, std_ = policy.dist_params(obs)
+        std = lambda: std_
+    mse = (w[:, None] * (torch.tanh(loc) - act).pow(2)).mean()
     if kind == "mse":
         return mse
-    return mse - tanh_gaussian_log_prob(loc.detach(), std, act).mean()
+    return mse - (w * tanh_gaussian_log_prob(loc.detach(), std(), act)).mean()
 
 
 @torch.no_grad()

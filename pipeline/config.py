@@ -52,7 +52,8 @@ class DataConfig:
 
 @dataclass
 class BCConfig:
-    loss: str = "faithful"                    # faithful | nll | mse
+    loss: str = "faithful"                    # faithful | nll | mse (stage 1)
+    stage2_loss: str = "nll"                   # faithful | nll | mse (stage 2: the reward's policy)
     activation: str = "triangle"              # triangle | sincos
     features: int = 256
     bottleneck: int = 12
@@ -63,9 +64,9 @@ class BCConfig:
     weight_decay: float = 1e-4
     batch_size: int = 256
     stage1_steps: int = 10000
-    stage2_steps: int = 5000
+    stage2_steps: int = 15000
     eval_every: int = 500
-    patience: int = 6                         # evaluations without held-out improvement
+    patience: int = 10                        # evaluations without held-out improvement
     val_fraction: float = 0.2                 # of expert episodes held out
     baseline_steps: int = 10000
     baseline_hidden: int = 256
@@ -102,6 +103,8 @@ class AWRConfig:
     expectile: float = 0.7
     beta: float = 0.3
     max_weight: float = 100.0
+    normalise_weights: bool = True            # per-source self-normalised weights (see improvement.py)
+    actor_loss: str = "nll"                   # nll (IQL/AWR) | faithful (weighted bc.loss faithful) | mse
 
 
 @dataclass
@@ -124,10 +127,11 @@ class ImproveConfig:
     algos: list = field(default_factory=lambda: ["awr", "rambo"])
     seeds: list = field(default_factory=lambda: [0])
     steps: int = 10000
+    critic_warmup: int = 0                    # first steps update only the critics (actor held at BC)
     batch_size: int = 256
     gamma: float = 0.99
     tau: float = 0.005
-    actor_lr: float = 3e-4
+    actor_lr: float = 1e-3
     critic_lr: float = 3e-4
     expert_ratio: float = 0.5
     log_every: int = 1000
@@ -222,7 +226,9 @@ def _validate(p: Params) -> None:
          f"'env.ref_scores' must be 'auto' or [min, max], got {p.env.ref_scores!r}")
     need(p.env.termination in ("auto", "none", "bounds"),
          f"'env.termination' must be auto, none or bounds, got {p.env.termination!r}")
-    need(p.bc.loss in ("faithful", "nll", "mse"), f"'bc.loss' must be faithful, nll or mse, got {p.bc.loss!r}")
+    for key in ("loss", "stage2_loss"):
+        need(getattr(p.bc, key) in ("faithful", "nll", "mse"),
+             f"'bc.{key}' must be faithful, nll or mse, got {getattr(p.bc, key)!r}")
     need(p.bc.activation in ("triangle", "sincos"),
          f"'bc.activation' must be triangle or sincos, got {p.bc.activation!r}")
     need(p.reward.alpha == "auto" or isinstance(p.reward.alpha, float),
@@ -231,6 +237,10 @@ def _validate(p: Params) -> None:
     need(len(p.improve.algos) >= 1 and all(a in ("awr", "rambo") for a in p.improve.algos),
          f"'improve.algos' must list awr and/or rambo, got {p.improve.algos!r}")
     need(all(isinstance(s, int) for s in p.improve.seeds), "'improve.seeds' must be a list of integers")
+    need(p.improve.awr.actor_loss in ("nll", "faithful", "mse"),
+         f"'improve.awr.actor_loss' must be nll, faithful or mse, got {p.improve.awr.actor_loss!r}")
+    need(0 <= p.improve.critic_warmup < p.improve.steps,
+         f"'improve.critic_warmup' must be in 0..steps-1 (steps = {p.improve.steps}), got {p.improve.critic_warmup}")
     need(p.evaluate.episodes >= 1, "'evaluate.episodes' must be >= 1")
     need(p.evaluate.n_envs >= 1, "'evaluate.n_envs' must be >= 1")
     need(p.evaluate.bootstrap >= 1, "'evaluate.bootstrap' must be >= 1")

@@ -72,6 +72,16 @@ class EpisodeDataset:
         """Per transition: index of its episode."""
         return np.repeat(np.arange(self.n_episodes), self.episode_lengths)
 
+    @property
+    def added_expert_episodes(self) -> int:
+        """How many expert episodes ingest appended at the end (data.expert.add_to_suboptimal)."""
+        return int(self.meta.get("expert_episodes_added", 0))
+
+    def without_added_expert(self) -> "EpisodeDataset":
+        """The suboptimal sources alone: the expert episodes ingest appended are dropped."""
+        k = self.added_expert_episodes
+        return self if k == 0 else self.select_episodes(np.arange(self.n_episodes - k))
+
     # -- building ------------------------------------------------------------------------
     def select_episodes(self, indices: np.ndarray | list[int]) -> "EpisodeDataset":
         """A new dataset holding the given episodes in the given order."""

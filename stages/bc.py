@@ -37,26 +37,31 @@ def main() -> None:
              train.n_episodes, val.n_episodes, train.n_transitions, val.n_transitions, suboptimal.n_transitions)
     mean, std = observation_stats(expert, suboptimal)
     t = lambda d: (torch.as_tensor(d.observations, device=device), torch.as_tensor(d.actions, device=device))
-    train_b, val_b, sub_b = t(train), t(val), t(suboptimal)
+    # Stage 1's suboptimal half: the sources plus the *training* expert episodes only, so the held-out
+    # episodes that early stopping scores are never trained on (ingest may have appended all of them).
+    stage1_pool = suboptimal.without_added_expert()
+    if suboptimal.added_expert_episodes:
+        stage1_pool = EpisodeDataset.concatenate([stage1_pool, train])
+    train_b, val_b, sub_b = t(train), t(val), t(stage1_pool)
     start = time.time()
-    common = dict(lr=cfg.lr, weight_decay=cfg.weight_decay, loss=cfg.loss, eval_every=cfg.eval_every,
-                  patience=cfg.patience)
+    common = dict(lr=cfg.lr, weight_decay=cfg.weight_decay, eval_every=cfg.eval_every, patience=cfg.patience)
 
     policy = HetStatPolicy(expert.obs_dim, expert.act_dim, hidden=cfg.hidden, bottleneck=cfg.bottleneck,
                            features=cfg.features, prior_var=cfg.prior_var, activation=cfg.activation,
                            log_lengthscale_init=cfg.log_lengthscale_init).to(device)
     policy.normalizer.set(mean.to(device), std.to(device))
     s1 = fit(policy, mixed_sampler(sub_b, train_b, cfg.batch_size), val_b, steps=cfg.stage1_steps,
-             desc="bc stage 1 (suboptimal+expert)", **common)
+             loss=cfg.loss, desc="bc stage 1 (suboptimal+expert)", **common)
     stage1 = copy.deepcopy(policy)
     s2 = fit(policy, batch_sampler(*train_b, cfg.batch_size), val_b, steps=cfg.stage2_steps,
-             desc="bc stage 2 (expert)", step_offset=s1.steps_run, **common)
+             loss=cfg.stage2_loss, desc="bc stage 2 (expert)", step_offset=s1.steps_run, **common)
 
+    seed_everything(params.seed)     # the baseline does not depend on what the CSIL stages drew before it
     baseline = TanhGaussianMLP(expert.obs_dim, expert.act_dim,
                                hidden=(cfg.baseline_hidden,) * cfg.baseline_layers).to(device)
     baseline.normalizer.set(mean.to(device), std.to(device))
     base = fit(baseline, batch_sampler(*train_b, cfg.batch_size), val_b, steps=cfg.baseline_steps,
-               desc="bc baseline (plain MLP)", **{**common, "loss": "nll"})
+               desc="bc baseline (plain MLP)", loss="nll", **common)
 
     wall = time.time() - start
     metrics = {**s2.best, "steps": s1.steps_run + s2.steps_run, "best_step_stage2": s2.best_step,

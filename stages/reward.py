@@ -1,8 +1,9 @@
 """Stage reward: the coherent reward of every expert and suboptimal transition, and its audit.
 
 Writes data/reward/rewards.h5 (expert, suboptimal arrays, aligned with data/ingested/*.h5),
-data/reward/metrics.json (expert_mean, suboptimal_mean, auc, audits; the same audit for the
-plain-MLP baseline under "baseline") and data/reward/histogram.csv for dvc plots.
+data/reward/metrics.json (expert_mean, suboptimal_mean, auc, audits over the suboptimal sources,
+i.e. without the expert episodes ingest appended to the pool; the same audit for the plain-MLP
+baseline under "baseline") and data/reward/histogram.csv for dvc plots.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import torch
 from pipeline.config import load_params
 from pipeline.datasets import EpisodeDataset
 from pipeline.policies import load_policy
-from pipeline.reward import coherent_reward_batched, resolve_alpha, reward_audit
+from pipeline.reward import coherent_reward_batched, resolve_alpha, reward_audit, roc_auc
 from pipeline.stage import ArtefactError, run_stage
 from pipeline.utils import atomic_json, atomic_write, resolve_device
 
@@ -46,14 +47,19 @@ def main() -> None:
 
     r_exp, r_sub = rewards(policy)
     b_exp, b_sub = rewards(baseline)
-    metrics = {**reward_audit(r_exp, r_sub, suboptimal.rewards, cfg.r_min), "alpha": alpha, "r_min": cfg.r_min,
-               "r_max": float(np.max(r_exp)),
-               "baseline": reward_audit(b_exp, b_sub, suboptimal.rewards, cfg.r_min)}
-    lo = min(r_exp.min(), np.maximum(r_sub, cfg.r_min).min())
-    edges = np.linspace(lo, max(r_exp.max(), r_sub.max()), cfg.hist_bins + 1)
+    # The audit's negatives are the suboptimal sources only: the expert episodes ingest appended to the
+    # pool (add_to_suboptimal) *are* expert transitions and would be scored as both classes at once.
+    n_sub = suboptimal.without_added_expert().n_transitions
+    sub_only, env_rew = r_sub[:n_sub], suboptimal.rewards[:n_sub]
+    metrics = {**reward_audit(r_exp, sub_only, env_rew, cfg.r_min), "alpha": alpha, "r_min": cfg.r_min,
+               "r_max": float(np.max(r_exp)), "audited_suboptimal_transitions": n_sub,
+               "auc_with_added_expert": roc_auc(r_exp, r_sub),
+               "baseline": reward_audit(b_exp, b_sub[:n_sub], env_rew, cfg.r_min)}
+    lo = min(r_exp.min(), np.maximum(sub_only, cfg.r_min).min())
+    edges = np.linspace(lo, max(r_exp.max(), sub_only.max()), cfg.hist_bins + 1)
     hist = pd.DataFrame({"reward": 0.5 * (edges[1:] + edges[:-1]),
                          "expert": np.histogram(np.clip(r_exp, lo, None), edges, density=True)[0],
-                         "suboptimal": np.histogram(np.clip(r_sub, lo, None), edges, density=True)[0]})
+                         "suboptimal": np.histogram(np.clip(sub_only, lo, None), edges, density=True)[0]})
 
     def write_h5(path: Path) -> None:
         with h5py.File(path, "w") as f:

@@ -12,7 +12,7 @@ from pipeline.bc import batch_sampler, fit
 from pipeline.config import ImproveConfig
 from pipeline.dynamics import EnsembleDynamics
 from pipeline.improvement import (Bounds, Improver, RingBuffer, TransitionBuffer, awr_weights, expectile_loss,
-                                  td_target, train)
+                                  normalise_per_source, td_target, train)
 from pipeline.policies import HetStatPolicy
 from pipeline.reward import coherent_reward
 from pipeline.termination import make_termination_fn
@@ -39,6 +39,15 @@ def test_awr_weights_are_clipped_and_expectile_is_asymmetric():
     assert w.tolist() == pytest.approx([1.0, 100.0, float(np.exp(-30.0))])
     assert expectile_loss(torch.tensor([1.0]), 0.7).item() == pytest.approx(0.7)
     assert expectile_loss(torch.tensor([-1.0]), 0.7).item() == pytest.approx(0.3)
+
+
+def test_per_source_normalised_weights_give_each_source_its_batch_share():
+    w = torch.tensor([1.0, 3.0, 100.0, 100.0, 0.0, 0.0])
+    is_expert = torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0, 0.0])
+    out = normalise_per_source(w, is_expert)
+    assert out[:2].tolist() == pytest.approx([0.5, 1.5])           # mean 1 within the demonstrations
+    assert out[2:].tolist() == pytest.approx([2.0, 2.0, 0.0, 0.0])   # mean 1 within the other data
+    assert out.sum().item() == pytest.approx(len(w))
 
 
 def test_ring_buffer_keeps_the_latest_transitions():
@@ -85,6 +94,19 @@ def test_one_improve_step_on_cpu_keeps_every_tensor_on_the_device(algo):
     state = improver.state_dict()
     tensors = [t for module in ("actor", "critic", "critic_target", "value", "dynamics") for t in state[module].values()]
     assert all(t.device.type == "cpu" for t in tensors)
+
+
+@pytest.mark.parametrize("algo", ["awr", "rambo"])
+def test_critic_warmup_holds_the_actor_at_bc_while_the_critics_learn(algo):
+    improver, buf, cfg = _small_setup()
+    cfg.critic_warmup = cfg.steps = 4
+    actor0, critic0 = copy.deepcopy(improver.actor.state_dict()), copy.deepcopy(improver.critic.state_dict())
+    train(improver, algo, buf, buf, buf.data["obs"])
+    assert all(torch.equal(v, improver.actor.state_dict()[k]) for k, v in actor0.items())
+    assert not all(torch.equal(v, improver.critic.state_dict()[k]) for k, v in critic0.items())
+    cfg.critic_warmup, cfg.steps = 0, 2          # after the warm-up the actor moves
+    train(improver, algo, buf, buf, buf.data["obs"])
+    assert not all(torch.equal(v, improver.actor.state_dict()[k]) for k, v in actor0.items())
 
 
 def test_resume_continues_from_checkpoint(tmp_path):

@@ -137,3 +137,15 @@ def test_faithful_loss_trains_variance_head_only_through_nll():
     p.zero_grad(set_to_none=True)
     bc_loss(p, obs, act, "faithful").backward()
     assert p.loc_weights.grad.abs().sum() > 0 and p.torso[0].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("kind", ["faithful", "nll", "mse"])
+@pytest.mark.parametrize("make", [lambda: HetStatPolicy(11, 3), lambda: TanhGaussianMLP(11, 3)])
+def test_weighted_bc_loss_is_the_per_sample_weighted_mean(make, kind):
+    torch.manual_seed(0)
+    p = make()
+    obs, act = torch.randn(8, 11), torch.rand(8, 3) * 2 - 1
+    assert torch.allclose(bc_loss(p, obs, act, kind, torch.ones(8)), bc_loss(p, obs, act, kind))
+    w = torch.zeros(8)
+    w[2] = 8.0                                    # all the weight on one sample: that sample's loss
+    assert torch.allclose(bc_loss(p, obs, act, kind, w), bc_loss(p, obs[2:3], act[2:3], kind), atol=1e-5)

@@ -354,9 +354,16 @@ def test_ingest_combines_selects_and_records(d4rl_file, minari_dataset, tmp_path
     loaded = EpisodeDataset.load(tmp_path / "out" / "expert.h5")
     assert_same(loaded, expert)
     assert loaded.meta["selected_episodes"] == summary["expert"]["selected_episodes"]
+    # the appended expert episodes are the last ones, and the audit/BC code can drop them again
+    reloaded = EpisodeDataset.load(tmp_path / "out" / "suboptimal.h5")
+    sources_only = reloaded.without_added_expert()
+    assert reloaded.added_expert_episodes == 3 and sources_only.n_episodes == 2 * full.n_episodes
+    tail = reloaded.select_episodes(np.arange(reloaded.n_episodes - 3, reloaded.n_episodes))
+    np.testing.assert_array_equal(tail.actions, expert.actions)
 
     alone = ingest(data_config(f"d4rl:{d4rl_file}", [f"d4rl:{d4rl_file}"], add_to_suboptimal=False), "Hopper-v5", 0)
     assert alone.suboptimal.n_episodes == full.n_episodes and alone.summary["suboptimal"]["expert_episodes_added"] == 0
+    assert alone.suboptimal.without_added_expert() is alone.suboptimal
 
 
 def test_ingest_errors_name_the_params_key(d4rl_file, tmp_path):
