@@ -62,19 +62,21 @@ def observation_stats(*datasets: EpisodeDataset) -> tuple[torch.Tensor, torch.Te
 def bc_loss(policy: Policy, obs: torch.Tensor, act: torch.Tensor, kind: str,
             weights: torch.Tensor | None = None) -> torch.Tensor:
     """The BC loss ``kind``; ``weights`` (one per sample) make it advantage-weighted (AWR)."""
-    w = torch.ones_like(act[:, 0]) if weights is None else weights
+    def mean(per_sample: torch.Tensor) -> torch.Tensor:
+        return per_sample.mean() if weights is None else (weights * per_sample).mean()
     if kind == "nll":
-        return -(w * policy.log_prob(obs, act)).mean()
+        return -mean(policy.log_prob(obs, act))
     if isinstance(policy, HetStatPolicy):
         f = policy.stationary_features(obs)
-        loc, std = policy.loc(f), lambda: policy.std(f.detach())
+        loc = policy.loc(f)
     else:
-        loc, std_ = policy.dist_params(obs)
-        std = lambda: std_
-    mse = (w[:, None] * (torch.tanh(loc) - act).pow(2)).mean()
+        loc, std = policy.dist_params(obs)
+    mse = mean((torch.tanh(loc) - act).pow(2).mean(-1))
     if kind == "mse":
         return mse
-    return mse - (w * tanh_gaussian_log_prob(loc.detach(), std(), act)).mean()
+    if isinstance(policy, HetStatPolicy):
+        std = policy.std(f.detach())
+    return mse - mean(tanh_gaussian_log_prob(loc.detach(), std, act))
 
 
 @torch.no_grad()

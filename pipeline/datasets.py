@@ -77,6 +77,11 @@ class EpisodeDataset:
         """How many expert episodes ingest appended at the end (data.expert.add_to_suboptimal)."""
         return int(self.meta.get("expert_episodes_added", 0))
 
+    @property
+    def n_source_transitions(self) -> int:
+        """Transitions before the appended expert episodes (the suboptimal sources), without a copy."""
+        return int(self.episode_starts[self.n_episodes - self.added_expert_episodes])
+
     def without_added_expert(self) -> "EpisodeDataset":
         """The suboptimal sources alone: the expert episodes ingest appended are dropped."""
         k = self.added_expert_episodes

@@ -209,8 +209,7 @@ class Improver:
         self.critic_opt.step()
 
         raw_weights = awr_weights(q_target, v.detach(), cfg.beta, cfg.max_weight)
-        weights = (normalise_per_source(raw_weights, b["is_expert"]) if cfg.normalise_weights and "is_expert" in b
-                   else raw_weights)
+        weights = normalise_per_source(raw_weights, b["is_expert"]) if cfg.normalise_weights else raw_weights
         actor_loss = bc_loss(self.actor, b["obs"], b["act"], cfg.actor_loss, weights)
         if update_actor:
             self.actor_opt.zero_grad(set_to_none=True)

@@ -49,7 +49,7 @@ def main() -> None:
     b_exp, b_sub = rewards(baseline)
     # The audit's negatives are the suboptimal sources only: the expert episodes ingest appended to the
     # pool (add_to_suboptimal) *are* expert transitions and would be scored as both classes at once.
-    n_sub = suboptimal.without_added_expert().n_transitions
+    n_sub = suboptimal.n_source_transitions
     sub_only, env_rew = r_sub[:n_sub], suboptimal.rewards[:n_sub]
     metrics = {**reward_audit(r_exp, sub_only, env_rew, cfg.r_min), "alpha": alpha, "r_min": cfg.r_min,
                "r_max": float(np.max(r_exp)), "audited_suboptimal_transitions": n_sub,

@@ -358,6 +358,7 @@ def test_ingest_combines_selects_and_records(d4rl_file, minari_dataset, tmp_path
     reloaded = EpisodeDataset.load(tmp_path / "out" / "suboptimal.h5")
     sources_only = reloaded.without_added_expert()
     assert reloaded.added_expert_episodes == 3 and sources_only.n_episodes == 2 * full.n_episodes
+    assert reloaded.n_source_transitions == sources_only.n_transitions == reloaded.n_transitions - expert.n_transitions
     tail = reloaded.select_episodes(np.arange(reloaded.n_episodes - 3, reloaded.n_episodes))
     np.testing.assert_array_equal(tail.actions, expert.actions)
 
