@@ -71,6 +71,7 @@ class BCConfig:
     baseline_steps: int = 10000
     baseline_hidden: int = 256
     baseline_layers: int = 3
+    baseline_seeds: int = 1                   # plain BC fits (seeds seed, seed+1, ...): one is a lottery with few demos
 
 
 @dataclass
@@ -105,6 +106,7 @@ class AWRConfig:
     max_weight: float = 100.0
     normalise_weights: bool = True            # per-source self-normalised weights (see improvement.py)
     actor_loss: str = "nll"                   # nll (IQL/AWR) | faithful (weighted bc.loss faithful) | mse
+    actor_schedule: str = "cosine"            # cosine (IQL: the actor's rate decays to 0 over the run) | constant
 
 
 @dataclass
@@ -229,6 +231,7 @@ def _validate(p: Params) -> None:
     for key in ("loss", "stage2_loss"):
         need(getattr(p.bc, key) in ("faithful", "nll", "mse"),
              f"'bc.{key}' must be faithful, nll or mse, got {getattr(p.bc, key)!r}")
+    need(p.bc.baseline_seeds >= 1, f"'bc.baseline_seeds' must be >= 1, got {p.bc.baseline_seeds}")
     need(p.bc.activation in ("triangle", "sincos"),
          f"'bc.activation' must be triangle or sincos, got {p.bc.activation!r}")
     need(p.reward.alpha == "auto" or isinstance(p.reward.alpha, float),
@@ -239,6 +242,8 @@ def _validate(p: Params) -> None:
     need(all(isinstance(s, int) for s in p.improve.seeds), "'improve.seeds' must be a list of integers")
     need(p.improve.awr.actor_loss in ("nll", "faithful", "mse"),
          f"'improve.awr.actor_loss' must be nll, faithful or mse, got {p.improve.awr.actor_loss!r}")
+    need(p.improve.awr.actor_schedule in ("constant", "cosine"),
+         f"'improve.awr.actor_schedule' must be constant or cosine, got {p.improve.awr.actor_schedule!r}")
     need(0 <= p.improve.critic_warmup < p.improve.steps,
          f"'improve.critic_warmup' must be in 0..steps-1 (steps = {p.improve.steps}), got {p.improve.critic_warmup}")
     need(p.evaluate.episodes >= 1, "'evaluate.episodes' must be >= 1")

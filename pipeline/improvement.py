@@ -27,6 +27,7 @@ setting.
 from __future__ import annotations
 
 import copy
+import math
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -141,6 +142,13 @@ def td_target(rew: torch.Tensor, next_value: torch.Tensor, terminal: torch.Tenso
     return (rew + bounds.gamma * boot).clamp(max=bounds.q_max)
 
 
+def actor_lr_at(step: int, lr: float, steps: int, schedule: str) -> float:
+    """The actor's learning rate at ``step``: constant, or IQL's cosine decay from lr to 0 over ``steps``."""
+    if schedule == "constant":
+        return lr
+    return lr * 0.5 * (1.0 + math.cos(math.pi * step / steps))
+
+
 def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
     weight = torch.where(diff > 0, expectile, 1.0 - expectile)
     return (weight * diff.pow(2)).mean()
@@ -162,6 +170,21 @@ def normalise_per_source(weights: torch.Tensor, is_expert: torch.Tensor) -> torc
         m = mask.float()
         out = out + m * weights / ((weights * m).sum() / m.sum().clamp(min=1.0)).clamp(min=1e-8)
     return out
+
+
+@torch.no_grad()
+def demo_mse(policy: Policy, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of the policy's deterministic action on demonstrations: a low-noise,
+    offline check that improvement keeps the fit BC has where the expert went."""
+    return (policy.act(obs) - act).pow(2).mean()
+
+
+def demo_subset(expert: TransitionBuffer, n: int = 10_000) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed subset (at most n rows, drawn without touching the global RNG) of the demonstrations."""
+    rows = expert.data["obs"].shape[0]
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randperm(rows, generator=g)[:n].to(expert.data["obs"].device)
+    return expert.data["obs"][idx], expert.data["act"][idx]
 
 
 # -- the learner -------------------------------------------------------------------------
@@ -218,7 +241,8 @@ class Improver:
         soft_update(self.critic_target, self.critic, self.cfg.tau)
         return {"critic_loss": critic_loss.detach(), "value_loss": value_loss.detach(),
                 "actor_loss": actor_loss.detach(), "q": q_target.mean(),
-                "weight_mean": raw_weights.mean(), "weight_clipped": (raw_weights >= cfg.max_weight).float().mean()}
+                "weight_mean": raw_weights.mean(), "weight_clipped": (raw_weights >= cfg.max_weight).float().mean(),
+                "weight_ess": weights.sum().square() / (len(weights) * weights.square().sum()).clamp(min=1e-12)}
 
     # RAMBO-style soft policy iteration --------------------------------------------------
     def kl_to_bc(self, obs: torch.Tensor, act: torch.Tensor, log_pi: torch.Tensor) -> torch.Tensor:
@@ -345,12 +369,16 @@ def train(improver: Improver, algo: str, expert: TransitionBuffer, suboptimal: T
             state["rng_cuda"] = torch.cuda.get_rng_state(device)
         atomic_torch_save(state, resume_path)
 
+    demo_obs, demo_act = demo_subset(expert)
     sums: dict[str, torch.Tensor] = {}
     count = 0
     start = time.time()
     bar = tqdm(range(first, cfg.steps), desc=f"improve {algo}", initial=first, total=cfg.steps,
                mininterval=2.0, unit="step")
+    schedule = cfg.awr.actor_schedule if algo == "awr" else "constant"   # RAMBO/SAC: constant (cosine: 33.1 -> 0.6)
     for step in bar:
+        for group in improver.actor_opt.param_groups:  # stateless schedule: a resumed run gets the same rates
+            group["lr"] = actor_lr_at(step, cfg.actor_lr, cfg.steps, schedule)
         if algo == "rambo":
             if step % rcfg.rollout_every == 0:
                 idx = torch.randint(0, start_states.shape[0], (rcfg.rollout_starts,), device=device)
@@ -374,6 +402,7 @@ def train(improver: Improver, algo: str, expert: TransitionBuffer, suboptimal: T
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:
             row = {"step": done, **{k: round(float(v) / count, 5) for k, v in sums.items()},
+                   "demo_mse": round(float(demo_mse(improver.actor, demo_obs, demo_act)), 5),
                    "steps_per_s": round(count / max(time.time() - start, 1e-9), 1)}
             if evaluate is not None and eval_every and (done % eval_every == 0 or done == cfg.steps):
                 row["eval_return"] = round(evaluate(improver.actor), 1)

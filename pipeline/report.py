@@ -170,8 +170,9 @@ def scores_section(summary: dict, figs: _Figures, out_dir: Path) -> str:
     expert = summary.get("expert_data", {})
     ref = summary.get("reference", {})
     group_of = {p: g for g, a in aggregates.items() for p in a.get("policies", [])}
-    what = {name: FIXED_GROUPS.get(name) or (f"{group_of[name]}, seed {name.removeprefix(group_of[name] + '-')}"
-                                             if name in group_of else name) for name in policies}
+    what = {name: FIXED_GROUPS.get(name) or (f"{FIXED_GROUPS.get(group_of[name], group_of[name])}, seed "
+                                             f"{name.removeprefix(group_of[name] + '-')}" if name in group_of else name)
+            for name in policies}
     rows = [[name, what[name], r.get("return_mean"), r.get("return_std"),
              r.get("normalized_mean"), r.get("normalized_std"), r.get("episodes")] for name, r in policies.items()]
     if expert:
@@ -401,7 +402,8 @@ def build_report(data_dir: Path = Path("data"), out_dir: Path = Path("data/repor
     staging.mkdir(parents=True)
     try:
         figs = _Figures(staging)
-        run_names = [n for n in summary["policies"] if n not in FIXED_GROUPS]
+        group_of = {n: g for g, a in summary.get("aggregates", {}).items() for n in a.get("policies", [])}
+        run_names = [n for n in summary["policies"] if group_of.get(n, n) not in FIXED_GROUPS]
         params_text = Path(params_path).read_text() if Path(params_path).exists() else None
         lock_hash, evaluate_md5 = _dvc_revision(Path(repo_dir))
         sections = [

@@ -2,7 +2,8 @@
 
 Writes data/bc/stage1.pt (50/50 suboptimal + expert; the improved actor starts here),
 data/bc/policy.pt (stage 2, expert only; defines the coherent reward), data/bc/baseline.pt
-(plain tanh-Gaussian MLP BC), data/bc/metrics.json, data/bc/curve.tsv, data/bc/baseline_curve.tsv.
+(plain tanh-Gaussian MLP BC, seed `seed`), data/bc/baselines/ (the baselines for seeds seed+1 ...
+when `bc.baseline_seeds` > 1), data/bc/metrics.json, data/bc/curve.tsv, data/bc/baseline_curve.tsv.
 """
 from __future__ import annotations
 
@@ -23,6 +24,21 @@ from pipeline.utils import atomic_json, atomic_write, resolve_device, seed_every
 
 OUT = Path("data/bc")
 log = logging.getLogger("bc")
+
+
+def baseline_seeds(seed: int, n: int) -> list[int]:
+    return [seed + k for k in range(n)]
+
+
+def write_extra_baselines(extra: list) -> None:
+    """data/bc/baselines/: the plain BC baselines beyond the first (seed+1, ...), and an index."""
+    folder = OUT / "baselines"
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("baseline-*.pt"):
+        stale.unlink()
+    for seed, policy, fitted in extra:
+        save_policy(policy, folder / f"baseline-{seed}.pt", stage="baseline", seed=seed, metrics=fitted.best)
+    atomic_json({"seeds": [seed for seed, _, _ in extra]}, folder / "index.json")
 
 
 def main() -> None:
@@ -56,21 +72,27 @@ def main() -> None:
     s2 = fit(policy, batch_sampler(*train_b, cfg.batch_size), val_b, steps=cfg.stage2_steps,
              loss=cfg.stage2_loss, desc="bc stage 2 (expert)", step_offset=s1.steps_run, **common)
 
-    seed_everything(params.seed)     # the baseline does not depend on what the CSIL stages drew before it
-    baseline = TanhGaussianMLP(expert.obs_dim, expert.act_dim,
-                               hidden=(cfg.baseline_hidden,) * cfg.baseline_layers).to(device)
-    baseline.normalizer.set(mean.to(device), std.to(device))
-    base = fit(baseline, batch_sampler(*train_b, cfg.batch_size), val_b, steps=cfg.baseline_steps,
-               desc="bc baseline (plain MLP)", loss="nll", **common)
+    baselines = []
+    for seed in baseline_seeds(params.seed, cfg.baseline_seeds):
+        seed_everything(seed)         # each baseline depends only on its seed, not on what ran before it
+        baseline = TanhGaussianMLP(expert.obs_dim, expert.act_dim,
+                                   hidden=(cfg.baseline_hidden,) * cfg.baseline_layers).to(device)
+        baseline.normalizer.set(mean.to(device), std.to(device))
+        fitted = fit(baseline, batch_sampler(*train_b, cfg.batch_size), val_b, steps=cfg.baseline_steps,
+                     desc=f"bc baseline (plain MLP, seed {seed})", loss="nll", **common)
+        baselines.append((seed, baseline, fitted))
+    _, baseline, base = baselines[0]
 
     wall = time.time() - start
     metrics = {**s2.best, "steps": s1.steps_run + s2.steps_run, "best_step_stage2": s2.best_step,
                "wall_s": round(wall, 1), "train_episodes": train.n_episodes, "val_episodes": val.n_episodes,
                "stage1": {**s1.best, "steps": s1.steps_run, "best_step": s1.best_step},
-               "baseline": {**base.best, "steps": base.steps_run, "best_step": base.best_step}}
+               "baseline": {**base.best, "steps": base.steps_run, "best_step": base.best_step},
+               "baseline_seeds": {str(seed): {**f.best, "best_step": f.best_step} for seed, _, f in baselines}}
     save_policy(stage1, OUT / "stage1.pt", stage="stage1", metrics=s1.best)
     save_policy(policy, OUT / "policy.pt", stage="stage2", metrics=s2.best)
     save_policy(baseline, OUT / "baseline.pt", stage="baseline", metrics=base.best)
+    write_extra_baselines(baselines[1:])
     curve = pd.DataFrame([{**r, "phase": "stage1"} for r in s1.curve] + [{**r, "phase": "stage2"} for r in s2.curve])
     atomic_write(OUT / "curve.tsv", lambda p: curve.to_csv(p, sep="\t", index=False))
     atomic_write(OUT / "baseline_curve.tsv", lambda p: pd.DataFrame(base.curve).to_csv(p, sep="\t", index=False))

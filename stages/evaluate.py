@@ -1,7 +1,8 @@
 """Stage evaluate: roll out every policy in the real environment and score it.
 
-Policies: `bc` (data/bc/baseline.pt, plain BC), `csil_bc` (data/bc/policy.pt, CSIL's HetStat
-BC) and `<algo>-<seed>` for each algo x seed in params (data/improve/<algo>-<seed>/policy.pt).
+Policies: `bc` (data/bc/baseline.pt, plain BC), `bc-<seed>` (data/bc/baselines/, the extra plain BC
+seeds when `bc.baseline_seeds` > 1; the `bc` aggregate covers them all), `csil_bc` (data/bc/policy.pt,
+CSIL's HetStat BC) and `<algo>-<seed>` for each algo x seed in params (data/improve/<algo>-<seed>/policy.pt).
 Writes data/evaluate/<name>/metrics.json and data/evaluate/summary.json.
 """
 from __future__ import annotations
@@ -27,9 +28,17 @@ EVAL_SEED_BASE = 1_000_000
 log = logging.getLogger("evaluate")
 
 
+def extra_baseline_seeds(params: Params) -> list[int]:
+    """Seeds of the plain BC baselines beyond the first (`bc.baseline_seeds` > 1): rows `bc-<seed>`."""
+    return [params.seed + k for k in range(1, params.bc.baseline_seeds)]
+
+
 def policy_paths(params: Params) -> dict[str, Path]:
     """Name -> checkpoint for every policy the current params ask for (stale run dirs are ignored)."""
-    paths = {"bc": Path("data/bc/baseline.pt"), "csil_bc": Path("data/bc/policy.pt")}
+    paths = {"bc": Path("data/bc/baseline.pt")}
+    for seed in extra_baseline_seeds(params):
+        paths[f"bc-{seed}"] = Path(f"data/bc/baselines/baseline-{seed}.pt")
+    paths["csil_bc"] = Path("data/bc/policy.pt")
     for algo in params.improve.algos:
         for seed in params.improve.seeds:
             paths[f"{algo}-{seed}"] = Path(f"data/improve/{algo}-{seed}/policy.pt")
@@ -37,7 +46,7 @@ def policy_paths(params: Params) -> dict[str, Path]:
 
 
 def policy_groups(params: Params) -> dict[str, list[str]]:
-    groups = {"bc": ["bc"], "csil_bc": ["csil_bc"]}
+    groups = {"bc": ["bc"] + [f"bc-{seed}" for seed in extra_baseline_seeds(params)], "csil_bc": ["csil_bc"]}
     for algo in params.improve.algos:
         groups[algo] = [f"{algo}-{seed}" for seed in params.improve.seeds]
     return groups

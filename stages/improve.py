@@ -20,7 +20,7 @@ import torch
 
 from pipeline.config import load_params
 from pipeline.datasets import EpisodeDataset
-from pipeline.improvement import Bounds, Improver, TransitionBuffer, train
+from pipeline.improvement import Bounds, Improver, TransitionBuffer, demo_mse, demo_subset, train
 from pipeline.policies import load_policy, save_policy
 from pipeline.reward import coherent_reward_batched, resolve_alpha
 from pipeline.stage import ArtefactError, run_stage
@@ -71,6 +71,8 @@ def main() -> None:
         dynamics = load_dynamics("data/dynamics/model.pt", device)
         termination_fn = make_termination_fn(params.env.id, params.env.termination, params.env.obs_bound)
         inputs.append("data/dynamics/model.pt")
+    demos = demo_subset(expert_buf)
+    reference_mse = {"start_demo_mse": float(demo_mse(actor, *demos)), "csil_bc_demo_mse": float(demo_mse(bc, *demos))}
     improver = Improver(actor, bc, cfg, bounds, alpha, device, dynamics, termination_fn)
     if cfg.compile:
         improver.critic = torch.compile(improver.critic)
@@ -89,7 +91,7 @@ def main() -> None:
     wall = time.time() - start
     last = curve[-1] if curve else {}
     metrics = {"algo": args.algo, "seed": args.seed, "steps": cfg.steps, "wall_s": round(wall, 1),
-               "r_min": bounds.r_min, "r_max": bounds.r_max, "alpha": alpha,
+               "r_min": bounds.r_min, "r_max": bounds.r_max, "alpha": alpha, **reference_mse,
                **{f"final_{k}": v for k, v in last.items() if k != "step"}}
     save_policy(improver.actor, out / "policy.pt", algo=args.algo, seed=args.seed, steps=cfg.steps)
     atomic_write(out / "curve.tsv", lambda p: pd.DataFrame(curve).to_csv(p, sep="\t", index=False))

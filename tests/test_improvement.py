@@ -11,8 +11,8 @@ import torch
 from pipeline.bc import batch_sampler, fit
 from pipeline.config import ImproveConfig
 from pipeline.dynamics import EnsembleDynamics
-from pipeline.improvement import (Bounds, Improver, RingBuffer, TransitionBuffer, awr_weights, expectile_loss,
-                                  normalise_per_source, td_target, train)
+from pipeline.improvement import (Bounds, Improver, RingBuffer, TransitionBuffer, actor_lr_at, awr_weights,
+                                  expectile_loss, normalise_per_source, td_target, train)
 from pipeline.policies import HetStatPolicy
 from pipeline.reward import coherent_reward
 from pipeline.termination import make_termination_fn
@@ -107,6 +107,24 @@ def test_critic_warmup_holds_the_actor_at_bc_while_the_critics_learn(algo):
     cfg.critic_warmup, cfg.steps = 0, 2          # after the warm-up the actor moves
     train(improver, algo, buf, buf, buf.data["obs"])
     assert not all(torch.equal(v, improver.actor.state_dict()[k]) for k, v in actor0.items())
+
+
+def test_actor_learning_rate_schedules():
+    assert [actor_lr_at(s, 1e-3, 100, "constant") for s in (0, 50, 99)] == [1e-3] * 3
+    assert actor_lr_at(0, 1e-3, 100, "cosine") == pytest.approx(1e-3)      # IQL: cosine decay to 0 over the run
+    assert actor_lr_at(50, 1e-3, 100, "cosine") == pytest.approx(5e-4)
+    assert 0 < actor_lr_at(99, 1e-3, 100, "cosine") < 1e-6
+    for algo, expected in (("awr", actor_lr_at(3, 1e-3, 4, "cosine")), ("rambo", 1e-3)):  # RAMBO keeps SAC's constant rate
+        improver, buf, cfg = _small_setup()
+        cfg.actor_lr, cfg.awr.actor_schedule = 1e-3, "cosine"
+        train(improver, algo, buf, buf, buf.data["obs"])
+        assert improver.actor_opt.param_groups[0]["lr"] == pytest.approx(expected)
+
+
+def test_awr_logs_the_effective_sample_size_of_its_weights():
+    improver, buf, cfg = _small_setup()
+    curve = train(improver, "awr", buf, buf, buf.data["obs"])
+    assert 0 < curve[-1]["weight_ess"] <= 1
 
 
 def test_resume_continues_from_checkpoint(tmp_path):

@@ -14,7 +14,7 @@ from test_ingest_stage import REPO, copy_repo
 TINY = {
     "data": {"expert": {"n_trajectories": 3}},
     "bc": {"features": 32, "hidden": 32, "stage1_steps": 20, "stage2_steps": 20, "baseline_steps": 20,
-           "baseline_hidden": 32, "eval_every": 10, "batch_size": 32},
+           "baseline_hidden": 32, "baseline_seeds": 2, "eval_every": 10, "batch_size": 32},
     "dynamics": {"n_members": 3, "n_elites": 2, "hidden": 32, "n_layers": 2, "max_epochs": 2, "max_epoch_steps": 10,
                  "holdout": 40, "weight_decay": [2.5e-5, 5.0e-5, 1.0e-4], "multistep_episodes": 1,
                  "multistep_horizon": 3},
@@ -52,7 +52,10 @@ def test_dvc_repro_whole_pipeline(tmp_path, d4rl_file):
     assert {"ingest", "bc", "reward", "dynamics", "improve@awr-0", "improve@rambo-1", "evaluate", "report"} <= set(lock)
 
     summary = json.loads((repo / "data/evaluate/summary.json").read_text())
-    assert set(summary["policies"]) == {"bc", "csil_bc", "awr-0", "awr-1", "rambo-0", "rambo-1"}
+    assert set(summary["policies"]) == {"bc", "bc-1", "csil_bc", "awr-0", "awr-1", "rambo-0", "rambo-1"}
+    assert summary["aggregates"]["bc"]["policies"] == ["bc", "bc-1"]     # the baseline over its seeds
+    improve = json.loads((repo / "data/improve/awr-1/metrics.json").read_text())
+    assert {"final_demo_mse", "start_demo_mse", "csil_bc_demo_mse", "final_weight_ess"} <= set(improve)
     for name in summary["policies"]:
         row = json.loads((repo / f"data/evaluate/{name}/metrics.json").read_text())
         assert {"return_mean", "return_std", "normalized_mean", "normalized_std", "episodes"} <= set(row)
