@@ -103,11 +103,12 @@ class FitResult:
 
 def fit(policy: Policy, sample_batch: Callable[[], Batch], val: Batch, *, steps: int, lr: float,
         weight_decay: float, loss: str, eval_every: int, patience: int, desc: str,
-        step_offset: int = 0) -> FitResult:
-    """Adam with L2 weight decay; evaluate every ``eval_every`` steps; keep the best snapshot.
+        step_offset: int = 0, keep: str = "best") -> FitResult:
+    """Adam with L2 weight decay; evaluate every ``eval_every`` steps.
 
-    Stops after ``patience`` evaluations without a lower held-out MSE. The policy ends
-    holding the best trained snapshot's weights (the untrained start is never chosen).
+    keep="best": stop after ``patience`` evaluations without a lower held-out MSE and end
+    holding the best trained snapshot (the untrained start is never chosen). keep="last": run
+    all ``steps`` and keep the last iterate (the held-out MSE is only logged).
     """
     opt = torch.optim.Adam(policy.parameters(), lr=lr, weight_decay=weight_decay)
     # The starting point is logged but never kept: with one demonstration the held-out MSE of an
@@ -129,7 +130,9 @@ def fit(policy: Policy, sample_batch: Callable[[], Batch], val: Batch, *, steps:
             curve.append({"step": step_offset + step, **metrics, "train_loss": float(running) / eval_every})
             running.zero_()
             bar.set_postfix(val_mse=f"{metrics['val_mse']:.4f}", val_nll=f"{metrics['val_nll']:.2f}")
-            if metrics["val_mse"] < best["val_mse"]:
+            if keep == "last":
+                best, best_step = metrics, step
+            elif metrics["val_mse"] < best["val_mse"]:
                 best, best_state, best_step, since_best = metrics, copy.deepcopy(policy.state_dict()), step, 0
             else:
                 since_best += 1
@@ -138,7 +141,7 @@ def fit(policy: Policy, sample_batch: Callable[[], Batch], val: Batch, *, steps:
     bar.close()
     if best_state is not None:
         policy.load_state_dict(best_state)
-    else:                         # steps == 0: nothing was trained
+    elif keep != "last" or steps == 0:   # steps == 0: nothing was trained
         best = curve[0]
     wall = time.time() - start
     log.info("%s: best val_mse %.4f val_nll %.3f at step %d of %d (%.1fs)", desc, best["val_mse"],

@@ -72,6 +72,7 @@ class BCConfig:
     baseline_hidden: int = 256
     baseline_layers: int = 3
     baseline_seeds: int = 1                   # plain BC fits (seeds seed, seed+1, ...): one is a lottery with few demos
+    baseline_keep: str = "last"               # last (train baseline_steps, keep the last iterate) | best (early stopping)
 
 
 @dataclass
@@ -231,6 +232,7 @@ def _validate(p: Params) -> None:
     for key in ("loss", "stage2_loss"):
         need(getattr(p.bc, key) in ("faithful", "nll", "mse"),
              f"'bc.{key}' must be faithful, nll or mse, got {getattr(p.bc, key)!r}")
+    need(p.bc.baseline_keep in ("best", "last"), f"'bc.baseline_keep' must be best or last, got {p.bc.baseline_keep!r}")
     need(p.bc.baseline_seeds >= 1, f"'bc.baseline_seeds' must be >= 1, got {p.bc.baseline_seeds}")
     need(p.bc.activation in ("triangle", "sincos"),
          f"'bc.activation' must be triangle or sincos, got {p.bc.activation!r}")

@@ -79,7 +79,7 @@ def main() -> None:
                                    hidden=(cfg.baseline_hidden,) * cfg.baseline_layers).to(device)
         baseline.normalizer.set(mean.to(device), std.to(device))
         fitted = fit(baseline, batch_sampler(*train_b, cfg.batch_size), val_b, steps=cfg.baseline_steps,
-                     desc=f"bc baseline (plain MLP, seed {seed})", loss="nll", **common)
+                     desc=f"bc baseline (plain MLP, seed {seed})", loss="nll", keep=cfg.baseline_keep, **common)
         baselines.append((seed, baseline, fitted))
     _, baseline, base = baselines[0]
 

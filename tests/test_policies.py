@@ -149,3 +149,16 @@ def test_weighted_bc_loss_is_the_per_sample_weighted_mean(make, kind):
     w = torch.zeros(8)
     w[2] = 8.0                                    # all the weight on one sample: that sample's loss
     assert torch.allclose(bc_loss(p, obs, act, kind, w), bc_loss(p, obs[2:3], act[2:3], kind), atol=1e-5)
+
+
+def test_fit_keep_last_runs_every_step_and_keeps_the_last_iterate():
+    torch.manual_seed(0)
+    obs, act = torch.randn(128, 11), torch.rand(128, 3) * 1.6 - 0.8
+    val = (obs[:32], -act[:32])     # held-out actions opposite to the trained ones: early stopping fires
+    common = dict(steps=60, lr=3e-3, weight_decay=0.0, loss="nll", eval_every=10, patience=1, desc="t")
+    best = fit(TanhGaussianMLP(11, 3, hidden=(32,)), batch_sampler(obs, act, 32), val, **common)
+    p = TanhGaussianMLP(11, 3, hidden=(32,))
+    last = fit(p, batch_sampler(obs, act, 32), val, keep="last", **common)
+    assert best.steps_run < 60
+    assert last.steps_run == last.best_step == 60 and last.best == {k: v for k, v in last.curve[-1].items()
+                                                                 if k not in ("step", "train_loss")}
