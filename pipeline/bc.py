@@ -59,6 +59,11 @@ def observation_stats(*datasets: EpisodeDataset) -> tuple[torch.Tensor, torch.Te
     return torch.as_tensor(obs.mean(0), dtype=torch.float32), torch.as_tensor(obs.std(0), dtype=torch.float32)
 
 
+def baseline_seeds(seed: int, n: int) -> list[int]:
+    """Seeds of the ``n`` plain BC baselines: seed, seed+1, ...; the first is the `bc` row, the others `bc-<seed>`."""
+    return [seed + k for k in range(n)]
+
+
 def bc_loss(policy: Policy, obs: torch.Tensor, act: torch.Tensor, kind: str,
             weights: torch.Tensor | None = None) -> torch.Tensor:
     """The BC loss ``kind``; ``weights`` (one per sample) make it advantage-weighted (AWR)."""

@@ -27,8 +27,8 @@ setting.
 from __future__ import annotations
 
 import copy
-import math
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path

@@ -15,7 +15,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from pipeline.bc import batch_sampler, fit, mixed_sampler, observation_stats, split_expert_episodes
+from pipeline.bc import (baseline_seeds, batch_sampler, fit, mixed_sampler, observation_stats,
+                         split_expert_episodes)
 from pipeline.config import load_params
 from pipeline.datasets import EpisodeDataset
 from pipeline.policies import HetStatPolicy, TanhGaussianMLP, save_policy
@@ -24,10 +25,6 @@ from pipeline.utils import atomic_json, atomic_write, resolve_device, seed_every
 
 OUT = Path("data/bc")
 log = logging.getLogger("bc")
-
-
-def baseline_seeds(seed: int, n: int) -> list[int]:
-    return [seed + k for k in range(n)]
 
 
 def write_extra_baselines(extra: list) -> None:

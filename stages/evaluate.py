@@ -15,6 +15,7 @@ from pathlib import Path
 
 import h5py
 
+from pipeline.bc import baseline_seeds
 from pipeline.config import Params, load_params
 from pipeline.evaluation import dataset_reference, evaluate_policy, reference_scores, score_row, summarize
 from pipeline.policies import load_policy
@@ -30,7 +31,7 @@ log = logging.getLogger("evaluate")
 
 def extra_baseline_seeds(params: Params) -> list[int]:
     """Seeds of the plain BC baselines beyond the first (`bc.baseline_seeds` > 1): rows `bc-<seed>`."""
-    return [params.seed + k for k in range(1, params.bc.baseline_seeds)]
+    return baseline_seeds(params.seed, params.bc.baseline_seeds)[1:]
 
 
 def policy_paths(params: Params) -> dict[str, Path]:
