@@ -106,6 +106,7 @@ class AWRConfig:
     beta: float = 0.3
     max_weight: float = 100.0
     normalise_weights: bool = True            # per-source self-normalised weights (see improvement.py)
+    actor_expert_share: float = 0.9           # the demonstrations' share of the normalised actor loss
     actor_loss: str = "nll"                   # nll (IQL/AWR) | faithful (weighted bc.loss faithful) | mse
     actor_schedule: str = "cosine"            # cosine (IQL: the actor's rate decays to 0 over the run) | constant
 
@@ -246,6 +247,8 @@ def _validate(p: Params) -> None:
          f"'improve.awr.actor_loss' must be nll, faithful or mse, got {p.improve.awr.actor_loss!r}")
     need(p.improve.awr.actor_schedule in ("constant", "cosine"),
          f"'improve.awr.actor_schedule' must be constant or cosine, got {p.improve.awr.actor_schedule!r}")
+    need(0.0 < p.improve.awr.actor_expert_share < 1.0,
+         f"'improve.awr.actor_expert_share' must be in (0, 1), got {p.improve.awr.actor_expert_share}")
     need(0 <= p.improve.critic_warmup < p.improve.steps,
          f"'improve.critic_warmup' must be in 0..steps-1 (steps = {p.improve.steps}), got {p.improve.critic_warmup}")
     need(p.evaluate.episodes >= 1, "'evaluate.episodes' must be >= 1")

@@ -158,17 +158,23 @@ def awr_weights(q: torch.Tensor, v: torch.Tensor, beta: float, max_weight: float
     return torch.exp(beta * (q - v)).clamp(max=max_weight)
 
 
-def normalise_per_source(weights: torch.Tensor, is_expert: torch.Tensor) -> torch.Tensor:
-    """Divide the weights of each source (demonstrations / other data) by that source's batch mean.
+def normalise_per_source(weights: torch.Tensor, is_expert: torch.Tensor,
+                         expert_share: float | None = None) -> torch.Tensor:
+    """Self-normalise the weights of each source (demonstrations / other data).
 
-    Each source then carries exactly its share of the batch (expert_ratio) in the actor loss,
-    and the advantage only ranks transitions *within* a source. Raw weights let a few
-    suboptimal transitions with inflated advantages (at the clip) outweigh every demonstration.
+    Each source then carries a fixed share of the actor loss (its batch share, or ``expert_share``
+    for the demonstrations and the rest for the other data), and the advantage only ranks
+    transitions *within* a source. Raw weights let a few suboptimal transitions with inflated
+    advantages (at the clip) outweigh every demonstration.
     """
     out = torch.zeros_like(weights)
-    for mask in (is_expert > 0.5, is_expert <= 0.5):
+    n = float(len(weights))
+    for mask, share in ((is_expert > 0.5, expert_share), (is_expert <= 0.5, None if expert_share is None
+                                                           else 1.0 - expert_share)):
         m = mask.float()
-        out = out + m * weights / ((weights * m).sum() / m.sum().clamp(min=1.0)).clamp(min=1e-8)
+        rows = m.sum().clamp(min=1.0)
+        scale = 1.0 if share is None else share * n / rows     # mean weight that gives the source its share
+        out = out + m * weights * scale / ((weights * m).sum() / rows).clamp(min=1e-8)
     return out
 
 
@@ -232,7 +238,8 @@ class Improver:
         self.critic_opt.step()
 
         raw_weights = awr_weights(q_target, v.detach(), cfg.beta, cfg.max_weight)
-        weights = normalise_per_source(raw_weights, b["is_expert"]) if cfg.normalise_weights else raw_weights
+        weights = (normalise_per_source(raw_weights, b["is_expert"], cfg.actor_expert_share)
+                   if cfg.normalise_weights else raw_weights)
         actor_loss = bc_loss(self.actor, b["obs"], b["act"], cfg.actor_loss, weights)
         if update_actor:
             self.actor_opt.zero_grad(set_to_none=True)

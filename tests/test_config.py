@@ -55,6 +55,7 @@ def test_unknown_key_anywhere_names_valid_keys(tmp_path, edit, key, valid):
     (lambda r: r["data"]["suboptimal"].update(sources=[1]), "'data.suboptimal.sources' must be a non-empty list"),
     (lambda r: r["data"].update(max_episode_steps=0), "'data.max_episode_steps' must be >= 1"),
     (lambda r: r["improve"]["awr"].update(actor_schedule="linear"), "'improve.awr.actor_schedule' must be constant or cosine"),
+    (lambda r: r["improve"]["awr"].update(actor_expert_share=1.0), r"'improve.awr.actor_expert_share' must be in \(0, 1\)"),
     (lambda r: r["improve"].update(critic_warmup=10 ** 9), "'improve.critic_warmup' must be in 0..steps-1"),
 ])
 def test_type_and_value_errors_name_the_key(tmp_path, edit, message):

@@ -50,6 +50,15 @@ def test_per_source_normalised_weights_give_each_source_its_batch_share():
     assert out.sum().item() == pytest.approx(len(w))
 
 
+def test_normalise_per_source_gives_the_demonstrations_their_actor_share():
+    w = torch.tensor([1.0, 3.0, 4.0, 4.0, 0.0, 0.0])
+    is_expert = torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0, 0.0])
+    out = normalise_per_source(w, is_expert, expert_share=0.9)
+    assert out[:2].sum().item() == pytest.approx(0.9 * len(w))     # demos: 90 % of the loss from 1/3 of the rows
+    assert out[2:].sum().item() == pytest.approx(0.1 * len(w))
+    assert (out[:2] / out[:2].sum()).tolist() == pytest.approx([0.25, 0.75])   # ranking within a source kept
+
+
 def test_ring_buffer_keeps_the_latest_transitions():
     buf = RingBuffer(5, {"obs": (1,), "act": (1,), "next_obs": (1,), "terminal": (), "rew": ()}, torch.device("cpu"))
     for start in (0, 3):
@@ -190,6 +199,7 @@ def test_awr_improves_on_bc_from_a_single_demonstration():
         weight_decay=0.0, loss="faithful", eval_every=800, patience=5, desc="bc")
     cfg = ImproveConfig(steps=2000, batch_size=128, log_every=1000, checkpoint_every=10_000)
     cfg.awr.beta = 3.0              # no terminals here: advantages are small, IQL's beta suits them
+    cfg.awr.actor_expert_share = 0.5   # one demo spans a few states here: recovery must come from the other data
     improver = Improver(copy.deepcopy(bc), bc, cfg, Bounds(-5.0, 0.0, 0.99), alpha=1.0, device=torch.device("cpu"))
     for d in (demo, random_play):
         d["rew"] = improver.reward(d["obs"], d["act"])
