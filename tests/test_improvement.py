@@ -44,7 +44,7 @@ def test_awr_weights_are_clipped_and_expectile_is_asymmetric():
 def test_per_source_normalised_weights_give_each_source_its_batch_share():
     w = torch.tensor([1.0, 3.0, 100.0, 100.0, 0.0, 0.0])
     is_expert = torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0, 0.0])
-    out = normalise_per_source(w, is_expert)
+    out = normalise_per_source(w, is_expert, expert_share=2 / 6)   # the batch share
     assert out[:2].tolist() == pytest.approx([0.5, 1.5])           # mean 1 within the demonstrations
     assert out[2:].tolist() == pytest.approx([2.0, 2.0, 0.0, 0.0])   # mean 1 within the other data
     assert out.sum().item() == pytest.approx(len(w))
