@@ -1,4 +1,5 @@
-"""Embedded default datasets (`embedded:hopper/expert`, `embedded:hopper/mixed`).
+"""Embedded datasets: the defaults `embedded:hopper/expert`, `embedded:hopper/mixed`, and
+`embedded:hopper/deterministic-expert`.
 
 Built offline, deterministically, from the two SAC actors committed in
 pipeline/assets/hopper/ (see the card there), and written as real Minari datasets with
@@ -8,7 +9,11 @@ under ``$CSIL_EMBEDDED_CACHE`` (default ``data/embedded``), keyed by the actors'
 the recipe version; a changed actor or recipe rebuilds.
 
 Recipes (D4RL-style):
-  expert  25 episodes of the expert actor, actions = mean + N(0, 0.05^2), clipped.
+  expert                25 episodes of the expert actor, actions = mean + N(0, 0.05^2), clipped.
+                        The noise shows BC how to recover from small errors (DART-style): one
+                        demo is enough for plain BC, the case where improvement must cost nothing.
+  deterministic-expert  the same start states, actions = the actor's mean, as a deployed expert
+                        demonstrates: one demo covers a thinner tube of states, BC falls short.
   mixed   ~100k transitions, mostly low and medium quality (medium-replay spirit):
           uniformly random episodes, the medium actor with and without noise, the
           expert with heavy noise.
@@ -51,6 +56,7 @@ class Segment:
 
 RECIPES: dict[str, list[Segment]] = {
     "hopper/expert": [Segment("expert", 0.05, 25)],  # 25 *episodes* (see build_buffers)
+    "hopper/deterministic-expert": [Segment("expert", 0.0, 25)],
     "hopper/mixed": [Segment(None, 0.0, 10_000), Segment("medium", 0.0, 25_000),
                      Segment("medium", 0.3, 35_000), Segment("expert", 1.0, 30_000)],
 }

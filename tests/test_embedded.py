@@ -37,3 +37,17 @@ def test_tiny_recipe_builds_a_minari_dataset_read_back_through_the_minari_path(t
 def test_unknown_embedded_name_is_a_clear_error():
     with pytest.raises(Exception, match="unknown embedded dataset; available: embedded:hopper/expert"):
         read_source("embedded:hopper/nothing")
+
+
+
+def test_deterministic_expert_demonstrates_the_mean_action_from_the_default_experts_start_states(monkeypatch):
+    assert [s.noise for s in embedded.RECIPES["hopper/expert"]] == [0.05]
+    assert [s.noise for s in embedded.RECIPES["hopper/deterministic-expert"]] == [0.0]
+    monkeypatch.setitem(embedded.RECIPES, "hopper/expert", [Segment("expert", 0.05, 1)])
+    monkeypatch.setitem(embedded.RECIPES, "hopper/deterministic-expert", [Segment("expert", 0.0, 1)])
+    (noisy,), (clean,) = embedded.build_buffers("hopper/expert"), embedded.build_buffers("hopper/deterministic-expert")
+    actor = embedded._load_actor("expert")
+    np.testing.assert_allclose(clean["actions"], np.stack([actor(o) for o in clean["observations"][:-1]]), atol=1e-6)
+    np.testing.assert_array_equal(clean["observations"][0], noisy["observations"][0])
+    gap = noisy["actions"][:50] - np.stack([actor(o) for o in noisy["observations"][:50]])
+    assert 0.02 < gap.std() < 0.08
