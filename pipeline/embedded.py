@@ -14,9 +14,9 @@ Recipes (D4RL-style):
                         demo is enough for plain BC, the case where improvement must cost nothing.
   deterministic-expert  the same start states, actions = the actor's mean, as a deployed expert
                         demonstrates: one demo covers a thinner tube of states, BC falls short.
-  mixed   ~100k transitions, mostly low and medium quality (medium-replay spirit):
-          uniformly random episodes, the medium actor with and without noise, the
-          expert with heavy noise.
+  mixed                 ~100k transitions, mostly low and medium quality (medium-replay spirit):
+                        uniformly random episodes, the medium actor with and without noise, the
+                        expert with heavy noise.
 """
 from __future__ import annotations
 
@@ -54,8 +54,9 @@ class Segment:
     transitions: int
 
 
+# A recipe whose name ends in "expert" counts whole episodes, not transitions (see _build_buffers).
 RECIPES: dict[str, list[Segment]] = {
-    "hopper/expert": [Segment("expert", 0.05, 25)],  # 25 *episodes* (see build_buffers)
+    "hopper/expert": [Segment("expert", 0.05, 25)],  # 25 *episodes*
     "hopper/deterministic-expert": [Segment("expert", 0.0, 25)],
     "hopper/mixed": [Segment(None, 0.0, 10_000), Segment("medium", 0.0, 25_000),
                      Segment("medium", 0.3, 35_000), Segment("expert", 1.0, 30_000)],

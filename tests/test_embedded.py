@@ -39,7 +39,6 @@ def test_unknown_embedded_name_is_a_clear_error():
         read_source("embedded:hopper/nothing")
 
 
-
 def test_deterministic_expert_demonstrates_the_mean_action_from_the_default_experts_start_states(monkeypatch):
     assert [s.noise for s in embedded.RECIPES["hopper/expert"]] == [0.05]
     assert [s.noise for s in embedded.RECIPES["hopper/deterministic-expert"]] == [0.0]
