@@ -48,16 +48,17 @@ D4RL_HOPPER_REF = (-20.272305, 3234.3)
 
 @dataclass(frozen=True)
 class Segment:
-    """``transitions`` steps (whole episodes, last one may overrun) of one behaviour."""
+    """``count`` whole episodes (unit "episodes") or at least ``count`` steps of whole episodes, the last
+    one may overrun (unit "transitions"), of one behaviour."""
     actor: str | None          # "expert" | "medium" | None (uniform random actions)
     noise: float               # std of Gaussian noise added to the actor's mean action
-    transitions: int
+    count: int
+    unit: str = "transitions"  # "episodes" | "transitions"
 
 
-# A recipe whose name ends in "expert" counts whole episodes, not transitions (see _build_buffers).
 RECIPES: dict[str, list[Segment]] = {
-    "hopper/expert": [Segment("expert", 0.05, 25)],  # 25 *episodes*
-    "hopper/deterministic-expert": [Segment("expert", 0.0, 25)],
+    "hopper/expert": [Segment("expert", 0.05, 25, "episodes")],
+    "hopper/deterministic-expert": [Segment("expert", 0.0, 25, "episodes")],
     "hopper/mixed": [Segment(None, 0.0, 10_000), Segment("medium", 0.0, 25_000),
                      Segment("medium", 0.3, 35_000), Segment("expert", 1.0, 30_000)],
 }
@@ -151,9 +152,10 @@ def _build_buffers(name: str) -> list[dict]:
     actors = {kind: _load_actor(kind) for kind in ("expert", "medium")}
     episodes: list[dict] = []
     for i, seg in enumerate(RECIPES[name]):
-        rng = np.random.default_rng(1000 * (i + 1) + (0 if name.endswith("expert") else 7))
+        # Seed offsets as in recipe v2 (episode recipes 0, transition recipes 7): the data stay byte-identical.
+        rng = np.random.default_rng(1000 * (i + 1) + (0 if seg.unit == "episodes" else 7))
         actor = actors[seg.actor] if seg.actor else None
-        count = {"episodes": seg.transitions} if name.endswith("expert") else {"transitions": seg.transitions}
+        count = {seg.unit: seg.count}
         episodes += rollout_episodes(env, actor, seg.noise, rng, seed=100_000 * (i + 1), **count)
     env.close()
     return episodes
@@ -174,8 +176,9 @@ def _write_minari(name: str, episodes: list[dict], root: Path) -> None:
             minari.create_dataset_from_buffers(
                 dataset_id(name), buffers, env=ENV_ID, algorithm_name=f"csil-pipeline embedded recipe v{RECIPE_VERSION}",
                 ref_min_score=D4RL_HOPPER_REF[0], ref_max_score=D4RL_HOPPER_REF[1],
+                # The description is hashed into the ingested files' content_hash: its format stays as in v2.
                 description=f"Embedded default dataset {name}: " + ", ".join(
-                    f"{s.actor or 'random'} (noise {s.noise}) x {s.transitions}" for s in RECIPES[name]))
+                    f"{s.actor or 'random'} (noise {s.noise}) x {s.count}" for s in RECIPES[name]))
     finally:
         if previous is None:
             os.environ.pop("MINARI_DATASETS_PATH", None)

@@ -20,7 +20,7 @@ def test_committed_actors_load_weights_only_and_carry_their_card_figures():
 
 def test_tiny_recipe_builds_a_minari_dataset_read_back_through_the_minari_path(tmp_path, monkeypatch):
     monkeypatch.setenv("CSIL_EMBEDDED_CACHE", str(tmp_path))
-    monkeypatch.setitem(embedded.RECIPES, "hopper/expert", [Segment("expert", 0.05, 2)])      # 2 episodes
+    monkeypatch.setitem(embedded.RECIPES, "hopper/expert", [Segment("expert", 0.05, 2, "episodes")])
     monkeypatch.setitem(embedded.RECIPES, "hopper/mixed", [Segment(None, 0.0, 200), Segment("medium", 0.3, 300)])
     expert = read_source("embedded:hopper/expert")
     mixed = read_source("embedded:hopper/mixed")
@@ -42,8 +42,8 @@ def test_unknown_embedded_name_is_a_clear_error():
 def test_deterministic_expert_demonstrates_the_mean_action_from_the_default_experts_start_states(monkeypatch):
     assert [s.noise for s in embedded.RECIPES["hopper/expert"]] == [0.05]
     assert [s.noise for s in embedded.RECIPES["hopper/deterministic-expert"]] == [0.0]
-    monkeypatch.setitem(embedded.RECIPES, "hopper/expert", [Segment("expert", 0.05, 1)])
-    monkeypatch.setitem(embedded.RECIPES, "hopper/deterministic-expert", [Segment("expert", 0.0, 1)])
+    monkeypatch.setitem(embedded.RECIPES, "hopper/expert", [Segment("expert", 0.05, 1, "episodes")])
+    monkeypatch.setitem(embedded.RECIPES, "hopper/deterministic-expert", [Segment("expert", 0.0, 1, "episodes")])
     (noisy,), (clean,) = embedded.build_buffers("hopper/expert"), embedded.build_buffers("hopper/deterministic-expert")
     actor = embedded._load_actor("expert")
     np.testing.assert_allclose(clean["actions"], np.stack([actor(o) for o in clean["observations"][:-1]]), atol=1e-6)
