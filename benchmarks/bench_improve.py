@@ -81,8 +81,10 @@ def main() -> None:
              "terminal": torch.zeros(BATCH, device=device),
              "is_expert": (torch.arange(BATCH, device=device) < BATCH // 2).float()}
     batch["rew"] = improver.reward(batch["obs"], batch["act"])
+    rows = torch.randint(0, BATCH, (cfg.awr.actor_batch_size,), device=device)
+    actor_batch = {k: v[rows] for k, v in batch.items()}
 
-    for name, step in (("AWR update", lambda: improver.awr_step(batch)),
+    for name, step in ((f"AWR update (actor {cfg.awr.actor_batch_size})", lambda: improver.awr_step(batch, actor_batch)),
                        ("RAMBO policy update", lambda: improver.rambo_step(batch))):
         flops = matmul_flops(step)
         seconds = best_seconds(step, reps=20)

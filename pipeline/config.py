@@ -109,6 +109,7 @@ class AWRConfig:
     actor_expert_share: float = 0.9           # the demonstrations' share of the normalised actor loss
     actor_loss: str = "nll"                   # nll (IQL/AWR) | faithful (weighted bc.loss faithful) | mse
     actor_schedule: str = "cosine"            # cosine (IQL: the actor's rate decays to 0 over the run) | constant
+    actor_batch_size: int = 1024              # rows of the actor's weighted regression (its own mixed batch)
 
 
 @dataclass
@@ -247,8 +248,20 @@ def _validate(p: Params) -> None:
          f"'improve.awr.actor_loss' must be nll, faithful or mse, got {p.improve.awr.actor_loss!r}")
     need(p.improve.awr.actor_schedule in ("constant", "cosine"),
          f"'improve.awr.actor_schedule' must be constant or cosine, got {p.improve.awr.actor_schedule!r}")
+    need(p.improve.awr.actor_batch_size >= 2,
+         f"'improve.awr.actor_batch_size' must be >= 2, got {p.improve.awr.actor_batch_size}")
     need(0.0 < p.improve.awr.actor_expert_share < 1.0,
          f"'improve.awr.actor_expert_share' must be in (0, 1), got {p.improve.awr.actor_expert_share}")
+    # mixed_batch draws round(batch_size * expert_ratio) demonstration rows; the rest come from the other
+    # data. A source with no rows would drop out of the critics' batch and of normalise_per_source.
+    n_demo = round(p.improve.batch_size * p.improve.expert_ratio)
+    need(0.0 < p.improve.expert_ratio < 1.0 and 1 <= n_demo < p.improve.batch_size,
+         f"'improve.expert_ratio' must be in (0, 1) and leave rows of both sources in a batch of "
+         f"improve.batch_size = {p.improve.batch_size}, got {p.improve.expert_ratio}")
+    n_real = round(p.improve.batch_size * p.improve.rambo.real_ratio)
+    need(0.0 < p.improve.rambo.real_ratio < 1.0 and 2 <= n_real < p.improve.batch_size,
+         f"'improve.rambo.real_ratio' must be in (0, 1) and leave real and model rows in a batch of "
+         f"improve.batch_size = {p.improve.batch_size}, got {p.improve.rambo.real_ratio}")
     need(0 <= p.improve.critic_warmup < p.improve.steps,
          f"'improve.critic_warmup' must be in 0..steps-1 (steps = {p.improve.steps}), got {p.improve.critic_warmup}")
     need(p.evaluate.episodes >= 1, "'evaluate.episodes' must be >= 1")

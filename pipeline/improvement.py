@@ -216,7 +216,8 @@ class Improver:
             return coherent_reward(self.bc, obs, act, self.alpha).clamp(min=self.bounds.r_min)
 
     # AWR / IQL ---------------------------------------------------------------------------
-    def awr_step(self, b: Batch, update_actor: bool = True) -> dict[str, torch.Tensor]:
+    def awr_step(self, b: Batch, actor_b: Batch, update_actor: bool = True) -> dict[str, torch.Tensor]:
+        """Value (expectile), Q (TD) on the critics' batch ``b``; the weighted regression on ``actor_b``."""
         cfg = self.cfg.awr
         with torch.no_grad():
             q_target = self.critic_target(b["obs"], b["act"]).min(0).values
@@ -234,10 +235,12 @@ class Improver:
         critic_loss.backward()
         self.critic_opt.step()
 
-        raw_weights = awr_weights(q_target, v.detach(), cfg.beta, cfg.max_weight)
-        weights = (normalise_per_source(raw_weights, b["is_expert"], cfg.actor_expert_share)
+        with torch.no_grad():
+            raw_weights = awr_weights(self.critic_target(actor_b["obs"], actor_b["act"]).min(0).values,
+                                      self.value(actor_b["obs"]).squeeze(-1), cfg.beta, cfg.max_weight)
+        weights = (normalise_per_source(raw_weights, actor_b["is_expert"], cfg.actor_expert_share)
                    if cfg.normalise_weights else raw_weights)
-        actor_loss = bc_loss(self.actor, b["obs"], b["act"], cfg.actor_loss, weights)
+        actor_loss = bc_loss(self.actor, actor_b["obs"], actor_b["act"], cfg.actor_loss, weights)
         if update_actor:
             self.actor_opt.zero_grad(set_to_none=True)
             actor_loss.backward()
@@ -398,8 +401,9 @@ def train(improver: Improver, algo: str, expert: TransitionBuffer, suboptimal: T
                     info.update(improver.adversarial_model_step(start_states[idx], suboptimal.sample(rcfg.adv_batch),
                                                                rcfg.horizon))
         else:
-            info = improver.awr_step(mixed_batch(expert, suboptimal, cfg.batch_size, cfg.expert_ratio),
-                                     update_actor=step >= cfg.critic_warmup)
+            critic_batch = mixed_batch(expert, suboptimal, cfg.batch_size, cfg.expert_ratio)
+            actor_batch = mixed_batch(expert, suboptimal, cfg.awr.actor_batch_size, cfg.expert_ratio)
+            info = improver.awr_step(critic_batch, actor_batch, update_actor=step >= cfg.critic_warmup)
         for k, v in info.items():
             sums[k] = sums.get(k, 0.0) + v
         count += 1

