@@ -210,7 +210,7 @@ def test_awr_improves_on_bc_from_a_single_demonstration():
     """One demonstration from x = 0 to the goal x = 1 never visits x > 1. There BC (HetStat) is
     uncertain and only creeps back; AWR on the coherent reward, using random play that does
     cover x > 1, learns to head back to the demonstrated states faster. Three seeds, since
-    a single one decides little (seeds 0-4 gained 2-13 return units over BC)."""
+    a single one decides little (seeds 0-4 gained 2-14 return units over BC, mean 10)."""
     starts = np.linspace(1.5, 3.0, 8)              # beyond the goal: never demonstrated
     x = torch.as_tensor(starts[:, None], dtype=torch.float32)
     gap = lambda policy: float(np.abs(policy.act(x).detach().numpy()[:, 0] - _expert(starts)).mean())
