@@ -252,12 +252,15 @@ def _validate(p: Params) -> None:
          f"'improve.awr.actor_batch_size' must be >= 2, got {p.improve.awr.actor_batch_size}")
     need(0.0 < p.improve.awr.actor_expert_share < 1.0,
          f"'improve.awr.actor_expert_share' must be in (0, 1), got {p.improve.awr.actor_expert_share}")
-    # mixed_batch draws round(batch_size * expert_ratio) demonstration rows; the rest come from the other
-    # data. A source with no rows would drop out of the critics' batch and of normalise_per_source.
-    n_demo = round(p.improve.batch_size * p.improve.expert_ratio)
-    need(0.0 < p.improve.expert_ratio < 1.0 and 1 <= n_demo < p.improve.batch_size,
-         f"'improve.expert_ratio' must be in (0, 1) and leave rows of both sources in a batch of "
-         f"improve.batch_size = {p.improve.batch_size}, got {p.improve.expert_ratio}")
+    # mixed_batch draws round(rows * expert_ratio) demonstration rows for the critics' batch and for AWR's
+    # actor batch; the rest come from the other data. A source with no rows would drop out of that batch
+    # and of normalise_per_source.
+    for key, rows in (("improve.batch_size", p.improve.batch_size),
+                      ("improve.awr.actor_batch_size", p.improve.awr.actor_batch_size)):
+        n_demo = round(rows * p.improve.expert_ratio)
+        need(0.0 < p.improve.expert_ratio < 1.0 and 1 <= n_demo < rows,
+             f"'improve.expert_ratio' must be in (0, 1) and leave rows of both sources in a batch of "
+             f"{key} = {rows}, got {p.improve.expert_ratio}")
     n_real = round(p.improve.batch_size * p.improve.rambo.real_ratio)
     need(0.0 < p.improve.rambo.real_ratio < 1.0 and 2 <= n_real < p.improve.batch_size,
          f"'improve.rambo.real_ratio' must be in (0, 1) and leave real and model rows in a batch of "

@@ -59,6 +59,8 @@ def test_unknown_key_anywhere_names_valid_keys(tmp_path, edit, key, valid):
     (lambda r: r["improve"].update(critic_warmup=10 ** 9), "'improve.critic_warmup' must be in 0..steps-1"),
     (lambda r: r["improve"].update(expert_ratio=1.0), r"'improve.expert_ratio' must be in \(0, 1\)"),
     (lambda r: r["improve"].update(expert_ratio=0.001), r"'improve.expert_ratio' must be in \(0, 1\) and leave rows"),
+    (lambda r: r["improve"]["awr"].update(actor_batch_size=4) or r["improve"].update(expert_ratio=0.1),
+     r"'improve.expert_ratio' must be .* in a batch of improve.awr.actor_batch_size = 4"),
     (lambda r: r["improve"]["rambo"].update(real_ratio=0.0), r"'improve.rambo.real_ratio' must be in \(0, 1\)"),
 ])
 def test_type_and_value_errors_name_the_key(tmp_path, edit, message):
