@@ -1,9 +1,10 @@
 """Speed of offline policy improvement (issue 6). Prints, does not assert.
 
-  python benchmarks/bench_improve.py [--threads N] [--device cpu]
+  python benchmarks/bench_improve.py [--threads N] [--device cpu] [--env hopper]
 
-Hopper sizes (obs 11, act 3), the default networks (HetStat actor and reference, 256x256
-twin critic and value, 7-member 4x200 dynamics ensemble), batch 256:
+HalfCheetah sizes (obs 17, act 6; the default task) or Hopper's (obs 11, act 3) and termination,
+the default networks (HetStat actor and reference, 256x256 twin critic and value, 7-member 4x200
+dynamics ensemble), batch 256:
 1. float32 1024^3 matmul rate in this process (the reference "peak").
 2. AWR update and RAMBO policy update: updates/s and FLOP efficiency = model matmul FLOP/s
    (forward + backward, counted by torch's FlopCounterMode) / the 1024^3 rate.
@@ -35,7 +36,8 @@ from pipeline.improvement import Bounds, Improver  # noqa: E402
 from pipeline.policies import HetStatPolicy  # noqa: E402
 from pipeline.termination import make_termination_fn  # noqa: E402
 
-OBS_DIM, ACT_DIM, BATCH = 11, 3, 256
+ENVS = {"halfcheetah": ("HalfCheetah-v5", 17, 6), "hopper": ("Hopper-v5", 11, 3)}   # (id, obs, act)
+BATCH = 256
 
 
 def best_seconds(fn: Callable[[], object], reps: int, windows: int = 3) -> float:
@@ -60,7 +62,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--env", choices=sorted(ENVS), default="halfcheetah")
     args = parser.parse_args()
+    env_id, obs_dim, act_dim = ENVS[args.env]
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
@@ -69,15 +73,15 @@ def main() -> None:
     print(f"threads {args.threads}, device {device}; float32 1024^3 matmul: {peak / 1e9:.1f} GFLOP/s")
 
     cfg = ImproveConfig()
-    bc = HetStatPolicy(OBS_DIM, ACT_DIM).to(device)
+    bc = HetStatPolicy(obs_dim, act_dim).to(device)
     with torch.no_grad():
         bc.loc_weights.normal_(0, 0.3)
-    dynamics = EnsembleDynamics(OBS_DIM, ACT_DIM).to(device)
-    termination = make_termination_fn("Hopper-v5", "auto", 100.0)
-    improver = Improver(HetStatPolicy(OBS_DIM, ACT_DIM), bc, cfg, Bounds(-5.0, 3.0, cfg.gamma), 1.0 / ACT_DIM,
+    dynamics = EnsembleDynamics(obs_dim, act_dim).to(device)
+    termination = make_termination_fn(env_id, "auto", 100.0)
+    improver = Improver(HetStatPolicy(obs_dim, act_dim), bc, cfg, Bounds(-5.0, 3.0, cfg.gamma), 1.0 / act_dim,
                         device, dynamics, termination)
-    obs = torch.randn(BATCH, OBS_DIM, device=device) * 0.1 + torch.tensor([1.25] + [0.0] * (OBS_DIM - 1), device=device)
-    batch = {"obs": obs, "act": torch.rand(BATCH, ACT_DIM, device=device) * 2 - 1, "next_obs": obs + 0.01,
+    obs = torch.randn(BATCH, obs_dim, device=device) * 0.1 + torch.tensor([1.25] + [0.0] * (obs_dim - 1), device=device)
+    batch = {"obs": obs, "act": torch.rand(BATCH, act_dim, device=device) * 2 - 1, "next_obs": obs + 0.01,
              "terminal": torch.zeros(BATCH, device=device),
              "is_expert": (torch.arange(BATCH, device=device) < BATCH // 2).float()}
     batch["rew"] = improver.reward(batch["obs"], batch["act"])

@@ -22,7 +22,7 @@ class ParamsError(ValueError):
 
 @dataclass
 class EnvConfig:
-    id: str = "Hopper-v5"
+    id: str = "HalfCheetah-v5"
     ref_scores: Union[str, list] = "auto"      # auto | [min, max]
     termination: str = "auto"                  # auto | none | bounds
     obs_bound: float = 100.0                   # model rollouts stop when |state| exceeds this
@@ -30,7 +30,7 @@ class EnvConfig:
 
 @dataclass
 class ExpertDataConfig:
-    source: str = "embedded:hopper/expert"
+    source: str = "embedded:halfcheetah/expert"
     n_trajectories: int = 1
     selection: str = "random"                  # random | first | best
     skip_terminated: bool = False
@@ -39,7 +39,7 @@ class ExpertDataConfig:
 
 @dataclass
 class SuboptimalDataConfig:
-    sources: list = field(default_factory=lambda: ["embedded:hopper/mixed"])
+    sources: list = field(default_factory=lambda: ["embedded:halfcheetah/mixed"])
 
 
 @dataclass
@@ -90,7 +90,7 @@ class DynamicsConfig:
     n_layers: int = 4
     lr: float = 1e-3
     batch_size: int = 256
-    max_epochs: int = 30                      # keeps the default run inside its 25-minute budget
+    max_epochs: int = 10                      # keeps the default run inside its 25-minute budget
     max_epoch_steps: int = 1000               # gradient steps per "epoch" cap on big datasets
     patience: int = 5
     holdout: int = 1000
@@ -109,7 +109,7 @@ class AWRConfig:
     actor_expert_share: float = 0.9           # the demonstrations' share of the normalised actor loss
     actor_loss: str = "nll"                   # nll (IQL/AWR) | faithful (weighted bc.loss faithful) | mse
     actor_schedule: str = "cosine"            # cosine (IQL: the actor's rate decays to 0 over the run) | constant
-    actor_batch_size: int = 1024              # rows of the actor's weighted regression (its own mixed batch)
+    actor_batch_size: int = 512               # rows of the actor's weighted regression (its own mixed batch)
 
 
 @dataclass

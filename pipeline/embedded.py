@@ -1,12 +1,12 @@
-"""Embedded datasets: the defaults `embedded:hopper/expert`, `embedded:hopper/mixed`, and
-`embedded:hopper/deterministic-expert`.
+"""Embedded datasets `embedded:<env>/expert`, `embedded:<env>/mixed` and
+`embedded:<env>/deterministic-expert`, for every <env> in `EMBEDDED_ENVS` (hopper is the default).
 
 Built offline, deterministically, from the two SAC actors committed in
-pipeline/assets/hopper/ (see the card there), and written as real Minari datasets with
+pipeline/assets/<env>/ (see the card there), and written as real Minari datasets with
 `minari.create_dataset_from_buffers`, so they are read back through the same `minari:`
 code path as any other Minari dataset. Built the first time ingest needs them and cached
 under ``$CSIL_EMBEDDED_CACHE`` (default ``data/embedded``), keyed by the actors' hash and
-the recipe version; a changed actor or recipe rebuilds.
+the recipe version (per environment); a changed actor or recipe rebuilds.
 
 Recipes (D4RL-style):
   expert                25 episodes of the expert actor, actions = mean + N(0, 0.05^2), clipped.
@@ -42,8 +42,8 @@ log = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).parent / "assets"
 RECIPE_VERSION = 2
-ENV_ID = "Hopper-v5"
-D4RL_HOPPER_REF = (-20.272305, 3234.3)
+# Environments with committed actors (pipeline/assets/<name>/expert_actor.pt, medium_actor.pt).
+EMBEDDED_ENVS: dict[str, str] = {"hopper": "Hopper-v5", "halfcheetah": "HalfCheetah-v5"}
 
 
 @dataclass(frozen=True)
@@ -56,13 +56,21 @@ class Segment:
     unit: str = "transitions"  # "episodes" | "transitions"
 
 
-RECIPES: dict[str, list[Segment]] = {
-    "hopper/expert": [Segment("expert", 0.05, 25, "episodes")],
-    "hopper/deterministic-expert": [Segment("expert", 0.0, 25, "episodes")],
-    "hopper/mixed": [Segment(None, 0.0, 10_000), Segment("medium", 0.0, 25_000),
-                     Segment("medium", 0.3, 35_000), Segment("expert", 1.0, 30_000)],
-}
+def _recipes(env: str) -> dict[str, list[Segment]]:
+    return {
+        f"{env}/expert": [Segment("expert", 0.05, 25, "episodes")],
+        f"{env}/deterministic-expert": [Segment("expert", 0.0, 25, "episodes")],
+        f"{env}/mixed": [Segment(None, 0.0, 10_000), Segment("medium", 0.0, 25_000),
+                         Segment("medium", 0.3, 35_000), Segment("expert", 1.0, 30_000)],
+    }
+
+
+RECIPES: dict[str, list[Segment]] = {name: segs for env in EMBEDDED_ENVS for name, segs in _recipes(env).items()}
 EMBEDDED_NAMES = tuple(RECIPES)
+
+
+def _env_of(name: str) -> str:
+    return name.split("/", 1)[0]
 
 
 def cache_root() -> Path:
@@ -73,26 +81,28 @@ def dataset_id(name: str) -> str:
     return f"embedded/{name}-v0"
 
 
-def _actor_path(kind: str) -> Path:
-    return ASSETS / "hopper" / f"{kind}_actor.pt"
+def _actor_path(env: str, kind: str) -> Path:
+    return ASSETS / env / f"{kind}_actor.pt"
 
 
-def _fingerprint() -> str:
+def _fingerprint(env: str) -> str:
+    """Hash of one environment's recipes and actors (another environment's new actor rebuilds nothing here)."""
     h = hashlib.sha256(f"recipe-v{RECIPE_VERSION}".encode())
-    h.update(json.dumps({k: [s.__dict__ for s in v] for k, v in RECIPES.items()}, sort_keys=True).encode())
+    h.update(json.dumps({k: [s.__dict__ for s in v] for k, v in RECIPES.items() if _env_of(k) == env},
+                        sort_keys=True).encode())
     for kind in ("expert", "medium"):
-        h.update(_actor_path(kind).read_bytes())
+        h.update(_actor_path(env, kind).read_bytes())
     return h.hexdigest()[:16]
 
 
-def _load_actor(kind: str) -> Callable[[np.ndarray], np.ndarray]:
+def _load_actor(env: str, kind: str) -> Callable[[np.ndarray], np.ndarray]:
     """The committed actor's deterministic action as a float64 numpy function.
 
     Per-step torch calls cost ~1 ms on a busy CPU, more than the MuJoCo step itself;
     the same MLP in numpy is ~20x cheaper and makes the build take seconds, not minutes.
     """
     from pipeline.policies import TanhGaussianMLP, load_policy
-    path = _actor_path(kind)
+    path = _actor_path(env, kind)
     if not path.exists():
         raise DatasetError(f"{path}: committed {kind} actor is missing; the embedded datasets cannot be built")
     policy = load_policy(path)
@@ -148,8 +158,8 @@ def build_buffers(name: str) -> list[dict]:
 
 
 def _build_buffers(name: str) -> list[dict]:
-    env = gym.make(ENV_ID)
-    actors = {kind: _load_actor(kind) for kind in ("expert", "medium")}
+    env = gym.make(EMBEDDED_ENVS[_env_of(name)])
+    actors = {kind: _load_actor(_env_of(name), kind) for kind in ("expert", "medium")}
     episodes: list[dict] = []
     for i, seg in enumerate(RECIPES[name]):
         # Seed offsets as in recipe v2 (episode recipes 0, transition recipes 7): the data stay byte-identical.
@@ -165,6 +175,9 @@ def _write_minari(name: str, episodes: list[dict], root: Path) -> None:
     import minari
     from minari.data_collector import EpisodeBuffer
 
+    from pipeline.evaluation import D4RL_REF_SCORES
+    ref_min, ref_max = D4RL_REF_SCORES[_env_of(name)]
+
     buffers = [EpisodeBuffer(id=i, observations=e["observations"], actions=e["actions"], rewards=e["rewards"],
                              terminations=e["terminations"], truncations=e["truncations"])
                for i, e in enumerate(episodes)]
@@ -174,8 +187,9 @@ def _write_minari(name: str, episodes: list[dict], root: Path) -> None:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", module="minari.utils")  # nags about author, permalink, eval_env
             minari.create_dataset_from_buffers(
-                dataset_id(name), buffers, env=ENV_ID, algorithm_name=f"csil-pipeline embedded recipe v{RECIPE_VERSION}",
-                ref_min_score=D4RL_HOPPER_REF[0], ref_max_score=D4RL_HOPPER_REF[1],
+                dataset_id(name), buffers, env=EMBEDDED_ENVS[_env_of(name)],
+                algorithm_name=f"csil-pipeline embedded recipe v{RECIPE_VERSION}",
+                ref_min_score=ref_min, ref_max_score=ref_max,
                 # The description is hashed into the ingested files' content_hash: its format stays as in v2.
                 description=f"Embedded default dataset {name}: " + ", ".join(
                     f"{s.actor or 'random'} (noise {s.noise}) x {s.count}" for s in RECIPES[name]))
@@ -191,7 +205,7 @@ def ensure_embedded(name: str) -> tuple[str, Path]:
     if name not in RECIPES:
         raise DatasetError(f"embedded:{name}: unknown embedded dataset; available: "
                            + ", ".join(f"embedded:{n}" for n in RECIPES))
-    root = cache_root() / _fingerprint()
+    root = cache_root() / _fingerprint(_env_of(name))
     marker = root / f".{name.replace('/', '_')}.done"
     if not marker.exists():
         start = time.time()

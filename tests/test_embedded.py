@@ -16,6 +16,19 @@ def test_committed_actors_load_weights_only_and_carry_their_card_figures():
         ckpt = torch.load(embedded.ASSETS / "hopper" / f"{kind}_actor.pt", weights_only=True)
         assert ckpt["env"] == "Hopper-v5" and ckpt["eval_return_mean"] >= at_least
         load_policy(embedded.ASSETS / "hopper" / f"{kind}_actor.pt")
+    for env, env_id in embedded.EMBEDDED_ENVS.items():   # every embedded environment: the actors match its env
+        expert, medium = (torch.load(embedded.ASSETS / env / f"{k}_actor.pt", weights_only=True) for k in ("expert", "medium"))
+        assert expert["env"] == medium["env"] == env_id
+        assert medium["eval_return_mean"] < 0.6 * expert["eval_return_mean"]
+        assert {f"{env}/expert", f"{env}/mixed", f"{env}/deterministic-expert"} <= set(embedded.RECIPES)
+
+
+def test_one_environments_actors_key_only_its_own_cache(monkeypatch):
+    before = embedded._fingerprint("hopper")
+    monkeypatch.setitem(embedded.RECIPES, "other/expert", [Segment("expert", 0.5, 3, "episodes")])
+    assert embedded._fingerprint("hopper") == before
+    monkeypatch.setitem(embedded.RECIPES, "hopper/expert", [Segment("expert", 0.5, 3, "episodes")])
+    assert embedded._fingerprint("hopper") != before
 
 
 def test_tiny_recipe_builds_a_minari_dataset_read_back_through_the_minari_path(tmp_path, monkeypatch):
@@ -45,7 +58,7 @@ def test_deterministic_expert_demonstrates_the_mean_action_from_the_default_expe
     monkeypatch.setitem(embedded.RECIPES, "hopper/expert", [Segment("expert", 0.05, 1, "episodes")])
     monkeypatch.setitem(embedded.RECIPES, "hopper/deterministic-expert", [Segment("expert", 0.0, 1, "episodes")])
     (noisy,), (clean,) = embedded.build_buffers("hopper/expert"), embedded.build_buffers("hopper/deterministic-expert")
-    actor = embedded._load_actor("expert")
+    actor = embedded._load_actor("hopper", "expert")
     np.testing.assert_allclose(clean["actions"], np.stack([actor(o) for o in clean["observations"][:-1]]), atol=1e-6)
     np.testing.assert_array_equal(clean["observations"][0], noisy["observations"][0])
     gap = noisy["actions"][:50] - np.stack([actor(o) for o in noisy["observations"][:50]])

@@ -138,7 +138,7 @@ def test_score_row_and_summary_keys():
 def test_evaluate_stage_writes_contract_files(tmp_path):
     """The stage script in a scratch directory: listed policies only, contract keys, clear missing-file error."""
     repo = Path(__file__).resolve().parents[1]
-    (tmp_path / "params.yaml").write_text("improve:\n  algos: [awr]\n  seeds: [3]\nevaluate:\n  episodes: 3\n"
+    (tmp_path / "params.yaml").write_text("env:\n  id: Hopper-v5\nimprove:\n  algos: [awr]\n  seeds: [3]\nevaluate:\n  episodes: 3\n"
                                           "  n_envs: 2\n  bootstrap: 50\n")
     (tmp_path / "data" / "ingested").mkdir(parents=True)
     (tmp_path / "data" / "ingested" / "summary.json").write_text(json.dumps({"expert": {"return_mean": 3000.0}}))

@@ -24,6 +24,7 @@ STAGE = REPO / "stages" / "ingest.py"
 
 def set_params(root: Path, expert: str, suboptimal: list[str], **expert_options) -> None:
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["env"]["id"] = "Hopper-v5"                     # the test files are Hopper-v5 data
     raw["data"]["expert"].update(source=expert, **expert_options)
     raw["data"]["suboptimal"]["sources"] = suboptimal
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))

@@ -36,6 +36,7 @@ def test_dvc_repro_whole_pipeline(tmp_path, d4rl_file):
     copy_repo(repo)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     merge(params, TINY)
+    params["env"]["id"] = "Hopper-v5"                        # the test data's env, whatever the default is
     params["data"]["expert"]["source"] = f"d4rl:{d4rl_file}"
     params["data"]["suboptimal"]["sources"] = [f"d4rl:{d4rl_file}"]
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
