@@ -1,5 +1,5 @@
 """Embedded datasets `embedded:<env>/expert`, `embedded:<env>/mixed` and
-`embedded:<env>/deterministic-expert`, for every <env> in `EMBEDDED_ENVS` (hopper is the default).
+`embedded:<env>/deterministic-expert`, for every <env> in `EMBEDDED_ENVS` (halfcheetah is the default).
 
 Built offline, deterministically, from the two SAC actors committed in
 pipeline/assets/<env>/ (see the card there), and written as real Minari datasets with
@@ -10,8 +10,8 @@ the recipe version (per environment); a changed actor or recipe rebuilds.
 
 Recipes (D4RL-style):
   expert                25 episodes of the expert actor, actions = mean + N(0, 0.05^2), clipped.
-                        The noise shows BC how to recover from small errors (DART-style): one
-                        demo is enough for plain BC, the case where improvement must cost nothing.
+                        The noise shows BC how to recover from small errors (DART-style): on
+                        hopper one demo is enough for plain BC; on halfcheetah it is not.
   deterministic-expert  the same start states, actions = the actor's mean, as a deployed expert
                         demonstrates: one demo covers a thinner tube of states, BC falls short.
   mixed                 ~100k transitions, mostly low and medium quality (medium-replay spirit):
