@@ -18,40 +18,53 @@ from typing import Callable
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from pipeline.datasets import EpisodeDataset
 from pipeline.distributions import tanh_gaussian_log_prob
 from pipeline.policies import HetStatPolicy, Policy
+from pipeline.utils import progress, seed_everything
+from pipeline.vectorised import SeedRNG, SeedStack
 
 log = logging.getLogger(__name__)
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
-def split_expert_episodes(expert: EpisodeDataset, val_fraction: float, seed: int
-                          ) -> tuple[EpisodeDataset, EpisodeDataset]:
-    """Hold out whole expert episodes (at least one) for early stopping.
+def _held_out_episodes(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    n_val = min(n - 1, max(1, int(round(val_fraction * n))))
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
 
-    With a single episode there is nothing to hold out by episode, so its last
-    ``val_fraction`` of transitions is held out instead (a contiguous chunk, never
-    interleaved with training transitions).
+
+def expert_split_rows(expert: EpisodeDataset, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of the demonstrations every method trains on, and the rows held out from all of them.
+
+    Whole expert episodes (at least one) are held out. With a single episode there is nothing
+    to hold out by episode, so its last ``val_fraction`` of transitions is held out instead (a
+    contiguous chunk, never interleaved with training transitions). BC early stopping scores
+    the held-out rows; the improvement learners never see them either (method.md section 6).
     """
-    n = expert.n_episodes
-    if n >= 2:
-        n_val = min(n - 1, max(1, int(round(val_fraction * n))))
-        order = np.random.default_rng(seed).permutation(n)
-        return expert.select_episodes(np.sort(order[n_val:])), expert.select_episodes(np.sort(order[:n_val]))
+    if expert.n_episodes >= 2:
+        starts = expert.episode_starts
+        rows = lambda eps: np.concatenate([np.arange(starts[e], starts[e + 1]) for e in eps])
+        return tuple(rows(eps) for eps in _held_out_episodes(expert.n_episodes, val_fraction, seed))
     length = expert.n_transitions
     cut = max(1, int(round(length * (1 - val_fraction))))
-    head, tail = np.arange(cut), np.arange(cut, length)
-    if len(tail) == 0:
-        return expert, expert
+    if cut >= length:
+        return np.arange(length), np.arange(length)
+    return np.arange(cut), np.arange(cut, length)
+
+
+def split_expert_episodes(expert: EpisodeDataset, val_fraction: float, seed: int
+                          ) -> tuple[EpisodeDataset, EpisodeDataset]:
+    """`expert_split_rows` as (train, held-out) datasets."""
+    if expert.n_episodes >= 2:
+        return tuple(expert.select_episodes(eps) for eps in _held_out_episodes(expert.n_episodes, val_fraction, seed))
     def part(rows: np.ndarray) -> EpisodeDataset:
         arrays = {k: getattr(expert, k)[rows] for k in
                   ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")}
         return EpisodeDataset(**arrays, episode_starts=np.array([0, len(rows)]), meta=dict(expert.meta))
-    return part(head), part(tail)
+    return tuple(part(rows) for rows in expert_split_rows(expert, val_fraction, seed))
 
 
 def observation_stats(*datasets: EpisodeDataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,7 +134,7 @@ def fit(policy: Policy, sample_batch: Callable[[], Batch], val: Batch, *, steps:
     curve = [{"step": step_offset, **evaluate_bc(policy, *val), "train_loss": float("nan")}]
     best, best_state, best_step, since_best = {"val_mse": float("inf")}, None, 0, 0
     start, step = time.time(), 0
-    bar = tqdm(range(1, steps + 1), desc=desc, mininterval=2.0, leave=False)
+    bar = progress(range(1, steps + 1), desc=desc, mininterval=2.0, leave=False)
     running = torch.zeros((), device=val[0].device)
     for step in bar:
         obs, act = sample_batch()
@@ -152,6 +165,161 @@ def fit(policy: Policy, sample_batch: Callable[[], Batch], val: Batch, *, steps:
     log.info("%s: best val_mse %.4f val_nll %.3f at step %d of %d (%.1fs)", desc, best["val_mse"],
              best["val_nll"], best_step, step, wall)
     return FitResult(best_step=best_step, steps_run=step, wall_s=wall, best=best, curve=curve)
+
+
+# -- several seeds of one fit as one vectorised model --------------------------------------
+EVAL_KEYS = ("val_mse", "val_nll", "entropy")
+
+
+def seed_bc_loss(stack: SeedStack, obs: torch.Tensor, act: torch.Tensor, kind: str) -> torch.Tensor:
+    """`bc_loss` of every seed of ``stack`` on (S, B, .) batches: (S,). The networks run vmapped; the
+    tanh-Gaussian density runs outside vmap on (S, B, d) tensors (log_ndtr has no batching rule)."""
+    if isinstance(stack.template[0], HetStatPolicy):
+        f = stack.call("stationary_features", obs)
+        loc = stack.call("loc", f)
+        std = stack.call("std", f if kind == "nll" else f.detach())
+    else:
+        loc, std = stack.call("dist_params", obs)
+    if kind == "nll":
+        return -tanh_gaussian_log_prob(loc, std, act).mean(-1)
+    mse = (torch.tanh(loc) - act).pow(2).mean(-1).mean(-1)
+    if kind == "mse":
+        return mse
+    return mse - tanh_gaussian_log_prob(loc.detach(), std, act).mean(-1)
+
+
+class SeedFit:
+    """The BC update and the held-out evaluation of S seeds of one policy, as one vectorised model.
+
+    ``policies[k]`` is seed k's initialised policy, ``rng.gens[k]`` its stream: seed k's minibatch
+    indices and evaluation noise come from its own generator, outside the vmapped call. The loss
+    summed over seeds gives each slice its own gradient, and Adam (L2 weight decay included) is
+    elementwise, so one fused Adam over the stacked tensors steps every seed as its own would.
+    Nothing here reads back to the host.
+    """
+
+    def __init__(self, policies: list[Policy], rng: SeedRNG, train: Batch, *, lr: float, weight_decay: float,
+                 loss: str, batch_size: int):
+        self.stack, self.rng, self.n = SeedStack(policies), rng, len(policies)
+        self.obs, self.act = train
+        self.batch_size = batch_size
+        device = self.obs.device
+        self.opt = torch.optim.Adam(self.stack.parameters(), lr=lr, weight_decay=weight_decay,
+                                    fused=device.type in ("cpu", "cuda"))
+        self.loss = loss
+
+    def update(self) -> torch.Tensor:
+        """One Adam step of every seed on its own minibatch; returns the (S,) losses (detached)."""
+        idx = self.rng.randint(self.obs.shape[0], (self.batch_size,))
+        l = seed_bc_loss(self.stack, self.obs[idx], self.act[idx], self.loss)
+        self.opt.zero_grad(set_to_none=True)
+        l.sum().backward()
+        self.opt.step()
+        return l.detach()
+
+    @torch.no_grad()
+    def evaluate(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        """(S, 3): `evaluate_bc`'s val_mse, val_nll and entropy per seed (entropy noise from each seed's stream)."""
+        loc, std = self.stack.call("dist_params", obs, detach=True, shared=(True,))
+        mse = (torch.tanh(loc) - act).pow(2).mean((1, 2))
+        nll = -tanh_gaussian_log_prob(loc, std, act).mean(-1)
+        sample = torch.tanh(loc + std * self.rng.randn(tuple(loc.shape[1:])))
+        entropy = -tanh_gaussian_log_prob(loc, std, sample).mean(-1)
+        return torch.stack([mse, nll, entropy], dim=1)
+
+
+def seed_streams(make_policy: Callable[[], Policy], seeds: list[int], device: torch.device
+                 ) -> tuple[list[Policy], SeedRNG]:
+    """Seed k's policy and stream exactly as a lone `fit` had them: `seed_everything(seed)`, construct, then
+    the generator continues from torch's global state after construction (what `batch_sampler` and
+    `evaluate_bc` would draw from next). Leaves the global RNGs seeded by the last seed, as a loop of fits did."""
+    policies, states = [], []
+    for seed in seeds:
+        seed_everything(seed)
+        policies.append(make_policy().to(device))
+        states.append(torch.get_rng_state() if device.type == "cpu" else
+                      torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+    rng = SeedRNG(seeds, device)          # other devices: a generator seeded with the seed
+    for g, state in zip(rng.gens, states):
+        if state is not None:
+            g.set_state(state)
+    return policies, rng
+
+
+def fit_seeds(make_policy: Callable[[], Policy], seeds: list[int], train: Batch, val: Batch, *, steps: int,
+              lr: float, weight_decay: float, loss: str, eval_every: int, patience: int, batch_size: int,
+              device: torch.device, keep: str = "best", desc: str = "bc", step_offset: int = 0
+              ) -> tuple[list[Policy], list[FitResult]]:
+    """`fit` with uniform minibatches of ``train`` for every seed in ``seeds`` at once (one vectorised model).
+
+    Seed k is initialised by `seed_everything(seed)` then ``make_policy()`` (as a lone fit), draws its own
+    minibatches and evaluation noise (`seed_streams`), and keeps its own result: keep="last" runs all
+    ``steps``; keep="best" keeps each seed's best held-out-MSE snapshot, a seed whose patience has run out
+    keeps the best it had then (its later evaluations are not logged), and the fit stops when every seed
+    has run out. The training loop reads the host once per evaluation (every ``eval_every`` steps).
+    Returns seed k's plain policy (in train mode, as `fit` leaves it) and its FitResult; ``wall_s`` is the
+    wall time of the whole batched fit.
+    """
+    if keep not in ("best", "last"):
+        raise ValueError(f"keep must be 'best' or 'last', got {keep!r}")
+    seeds = [int(s) for s in seeds]
+    n = len(seeds)
+    policies, rng = seed_streams(make_policy, seeds, device)
+    fitter = SeedFit(policies, rng, train, lr=lr, weight_decay=weight_decay, loss=loss, batch_size=batch_size)
+    first = fitter.evaluate(*val).tolist()
+    curves = [[{"step": step_offset, **dict(zip(EVAL_KEYS, first[k])), "train_loss": float("nan")}]
+              for k in range(n)]
+    best = [{"val_mse": float("inf")} for _ in range(n)]
+    best_step, since_best, steps_run = [0] * n, [0] * n, [0] * n
+    has_best, active = [False] * n, [True] * n
+    snapshot = [p.detach().clone() for p in fitter.stack.stacked] if keep == "best" else []
+    start, step = time.time(), 0
+    bar = progress(range(1, steps + 1), desc=desc, mininterval=2.0, leave=False)
+    running = torch.zeros(n, device=train[0].device)
+    for step in bar:
+        running += fitter.update()
+        if step % eval_every == 0 or step == steps:
+            rows = torch.cat([fitter.evaluate(*val), running.unsqueeze(1)], dim=1).tolist()   # the one host read
+            running.zero_()
+            improved = []
+            for k in range(n):
+                if not active[k]:
+                    continue
+                metrics = dict(zip(EVAL_KEYS, rows[k][:3]))
+                curves[k].append({"step": step_offset + step, **metrics, "train_loss": rows[k][3] / eval_every})
+                steps_run[k] = step
+                if keep == "last":
+                    best[k], best_step[k] = metrics, step
+                elif metrics["val_mse"] < best[k]["val_mse"]:
+                    best[k], best_step[k], since_best[k], has_best[k] = metrics, step, 0, True
+                    improved.append(k)
+                else:
+                    since_best[k] += 1
+                    active[k] = since_best[k] < patience
+            with torch.no_grad():
+                for k in improved:
+                    for saved, p in zip(snapshot, fitter.stack.stacked):
+                        saved[k].copy_(p[k])
+            mses = [rows[k][0] for k in range(n)]
+            bar.set_postfix(val_mse=f"{min(mses):.4f}-{max(mses):.4f}", running=sum(active))
+            if not any(active):
+                break
+    bar.close()
+    wall = time.time() - start
+    results = []
+    with torch.no_grad():
+        for k in range(n):
+            if has_best[k]:
+                for saved, p in zip(snapshot, fitter.stack.stacked):
+                    p[k].copy_(saved[k])
+            elif keep != "last" or steps == 0:   # steps == 0: nothing was trained
+                best[k] = curves[k][0]
+            results.append(FitResult(best_step=best_step[k], steps_run=steps_run[k], wall_s=wall, best=best[k],
+                                     curve=curves[k]))
+            log.info("%s, seed %d: best val_mse %.4f val_nll %.3f at step %d of %d", desc, seeds[k],
+                     best[k]["val_mse"], best[k]["val_nll"], best_step[k], steps_run[k])
+    log.info("%s: %d seeds in one vectorised fit, %.1fs", desc, n, wall)
+    return [fitter.stack.member(k, policies[k]) for k in range(n)], results
 
 
 def batch_sampler(obs: torch.Tensor, act: torch.Tensor, batch_size: int) -> Callable[[], Batch]:

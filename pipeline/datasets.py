@@ -7,7 +7,8 @@ or end of recording; bootstrap from next_obs). A timeout is never a terminal.
 Actions are stored in [-1, 1]; `meta["action_low"/"action_high"]` record the original
 bounds so `a_env = low + (a + 1) / 2 * (high - low)`.
 
-Readers for D4RL hdf5 / Minari / embedded sources live in `pipeline.sources`.
+Readers: `pipeline.d4rl` (hdf5 files), `pipeline.minari_source` (Minari datasets),
+`pipeline.embedded` (the default data); `pipeline.ingest` dispatches source strings to them.
 """
 from __future__ import annotations
 
@@ -19,13 +20,26 @@ import h5py
 import numpy as np
 import torch
 
+from pipeline.errors import DatasetError
 from pipeline.utils import atomic_write
 
 ARRAYS = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")
 
 
-class DatasetError(ValueError):
-    """Bad dataset input; the message names the file / key and what was expected."""
+def check_finite(arrays: dict[str, np.ndarray], where: str) -> None:
+    """DatasetError naming the first NaN / Inf in any float array."""
+    for key, value in arrays.items():
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            bad = np.argwhere(~np.isfinite(value))[0]
+            raise DatasetError(f"{where}: '{key}' contains NaN or Inf (first at index {tuple(int(i) for i in bad)}); "
+                               f"expected finite values everywhere")
+
+
+def as_flags(value: np.ndarray, key: str, where: str) -> np.ndarray:
+    """0/1 (or boolean) flags as a bool array; DatasetError otherwise."""
+    if value.dtype != bool and not np.all((value == 0) | (value == 1)):
+        raise DatasetError(f"{where}: '{key}' must hold 0/1 (or boolean) flags")
+    return value.astype(bool)
 
 
 @dataclass
@@ -72,22 +86,15 @@ class EpisodeDataset:
         """Per transition: index of its episode."""
         return np.repeat(np.arange(self.n_episodes), self.episode_lengths)
 
-    @property
-    def added_expert_episodes(self) -> int:
-        """How many expert episodes ingest appended at the end (data.expert.add_to_suboptimal)."""
-        return int(self.meta.get("expert_episodes_added", 0))
-
-    @property
-    def n_source_transitions(self) -> int:
-        """Transitions before the appended expert episodes (the suboptimal sources), without a copy."""
-        return int(self.episode_starts[self.n_episodes - self.added_expert_episodes])
-
-    def without_added_expert(self) -> "EpisodeDataset":
-        """The suboptimal sources alone: the expert episodes ingest appended are dropped."""
-        k = self.added_expert_episodes
-        return self if k == 0 else self.select_episodes(np.arange(self.n_episodes - k))
-
     # -- building ------------------------------------------------------------------------
+    @classmethod
+    def from_flags(cls, obs: np.ndarray, act: np.ndarray, rew: np.ndarray, next_obs: np.ndarray,
+                   terminal: np.ndarray, timeout: np.ndarray, meta: dict) -> "EpisodeDataset":
+        """Episodes end at each terminal or timeout; the caller guarantees the last row is one."""
+        ends = np.flatnonzero(terminal | timeout)
+        starts = np.concatenate([[0], ends + 1]).astype(np.int64)
+        return cls(obs, act, rew, next_obs, terminal, timeout, episode_starts=starts, meta=meta)
+
     def select_episodes(self, indices: np.ndarray | list[int]) -> "EpisodeDataset":
         """A new dataset holding the given episodes in the given order."""
         indices = np.asarray(indices, dtype=np.int64)
@@ -129,8 +136,8 @@ class EpisodeDataset:
         def write(tmp: Path) -> None:
             with h5py.File(tmp, "w") as f:
                 for k in ARRAYS:
-                    f.create_dataset(k, data=getattr(self, k))
-                f.create_dataset("episode_starts", data=self.episode_starts)
+                    f.create_dataset(k, data=getattr(self, k), track_times=False)
+                f.create_dataset("episode_starts", data=self.episode_starts, track_times=False)
                 f.attrs["meta"] = json.dumps(self.meta, sort_keys=True)
         atomic_write(path, write)
 

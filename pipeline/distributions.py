@@ -2,8 +2,11 @@
 
 Actions in demonstrations often sit exactly at +-1, where atanh is infinite. As in
 CSIL's official code (Acme's TanhTransformedDistribution) actions are clipped to
-+-``clip`` and, at the clip, the log-density is replaced by the log of the Gaussian
-tail mass beyond atanh(clip), which is finite.
++-``clip`` and, at the clip, the log-density is the log of the Gaussian tail mass beyond
+atanh(clip) spread over the clipped width 1 - clip: log P(u > atanh(clip)) - log(1 - clip).
+The tail mass alone is not a density (a saturated Gaussian would integrate to 0.25 and the
+log-density would drop 6-9 nats at the clip, biasing the coherent reward against saturated
+actions); with the width term the density integrates to 1 over [-1, 1].
 """
 from __future__ import annotations
 
@@ -29,15 +32,19 @@ def tanh_gaussian_log_prob(loc: torch.Tensor, std: torch.Tensor, actions: torch.
     z = (u - loc) / std
     inner = -0.5 * z.pow(2) - std.log() - _LOG_SQRT_2PI - tanh_log_det_jacobian(u)
     u_clip = math.atanh(clip)
-    upper = log_ndtr(-(u_clip - loc) / std)   # log P(u >= atanh(clip))
-    lower = log_ndtr((-u_clip - loc) / std)   # log P(u <= -atanh(clip))
+    log_width = math.log(1.0 - clip)
+    upper = log_ndtr(-(u_clip - loc) / std) - log_width   # P(u >= atanh(clip)) over [clip, 1]
+    lower = log_ndtr((-u_clip - loc) / std) - log_width   # P(u <= -atanh(clip)) over [-1, -clip]
     lp = torch.where(actions >= clip, upper, torch.where(actions <= -clip, lower, inner))
     return lp.sum(-1)
 
 
-def tanh_gaussian_sample(loc: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reparameterised sample a = tanh(u) and its log-density (sampled u is never clipped)."""
-    u = loc + std * torch.randn_like(loc)
-    z = (u - loc) / std
+def tanh_gaussian_sample(loc: torch.Tensor, std: torch.Tensor, noise: torch.Tensor | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reparameterised sample a = tanh(u), u = loc + std * noise, and its log-density (u is never clipped).
+
+    ``noise`` (standard normal, loc's shape) lets a caller draw from its own generator."""
+    z = torch.randn_like(loc) if noise is None else noise
+    u = loc + std * z
     log_prob = (-0.5 * z.pow(2) - std.log() - _LOG_SQRT_2PI - tanh_log_det_jacobian(u)).sum(-1)
     return torch.tanh(u), log_prob

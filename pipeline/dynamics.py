@@ -27,14 +27,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
-from pipeline.config import DynamicsConfig, ParamsError
+from pipeline.config import DynamicsConfig
 from pipeline.datasets import EpisodeDataset
+from pipeline.errors import ArtefactError
 from pipeline.nets import EnsembleLinear, EnsembleMLP
-from pipeline.stage import ArtefactError
 from pipeline.termination import TerminationFn
 from pipeline.utils import atomic_torch_save
+from pipeline.utils import progress as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -333,7 +333,7 @@ def fit_dynamics(model: EnsembleDynamics, obs: torch.Tensor, act: torch.Tensor, 
     best_mse = torch.full((E,), float("inf"), device=device)
     best = [t.detach().clone() for t in _member_tensors(model)]
     curve, epochs_since, epoch, steps, stopped_early = [], 0, 0, 0, False
-    bar = tqdm(range(1, max_epochs + 1), desc="dynamics", unit="epoch", disable=not progress)
+    bar = progress_bar(range(1, max_epochs + 1), desc="dynamics", unit="epoch", disable=not progress)
     for epoch in bar:
         model.train()
         # each member visits its own bootstrap sample in a fresh random order
@@ -357,7 +357,7 @@ def fit_dynamics(model: EnsembleDynamics, obs: torch.Tensor, act: torch.Tensor, 
         epochs_since = 0 if n_improved else epochs_since + 1
         row = {"epoch": epoch, "step": steps, "train_loss": loss_sum.item() / steps_per_epoch,
                "holdout_mse": mse.mean().item(), "holdout_mse_min": mse.min().item(),
-               "improved": n_improved, "wall_s": round(time.time() - start, 2),
+               "improved": n_improved,
                **{f"holdout_mse_m{k}": v for k, v in enumerate(mse.tolist())}}
         curve.append(row)
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", holdout=f"{row['holdout_mse']:.4f}", stale=epochs_since)
@@ -468,22 +468,3 @@ def _rollout_chunk(model: EnsembleDynamics, policy_act: Callable[[torch.Tensor],
         obs = torch.where(alive.unsqueeze(-1), next_obs, obs)
     mask = torch.stack(keep)                                       # (H, n): step-major order
     return {key: torch.stack(values)[mask] for key, values in record.items() if values}
-
-
-# -- config checks ---------------------------------------------------------------------------
-def check_config(cfg: DynamicsConfig) -> None:
-    """Dynamics-specific params checks (ParamsError naming the key)."""
-    def need(cond: bool, msg: str) -> None:
-        if not cond:
-            raise ParamsError(f"params.yaml: {msg}")
-    need(cfg.n_layers >= 1 and cfg.hidden >= 1, "'dynamics.n_layers' and 'dynamics.hidden' must be >= 1")
-    need(0 < cfg.n_elites <= cfg.n_members, "'dynamics.n_elites' must be in 1..n_members")
-    need(len(cfg.weight_decay) == cfg.n_layers + 1
-         and all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in cfg.weight_decay),
-         f"'dynamics.weight_decay' must list n_layers + 1 = {cfg.n_layers + 1} non-negative numbers "
-         f"(one per layer, output layer last), got {cfg.weight_decay!r}")
-    need(cfg.batch_size >= 1 and cfg.max_epochs >= 1 and cfg.max_epoch_steps >= 1 and cfg.patience >= 1,
-         "'dynamics.batch_size', 'max_epochs', 'max_epoch_steps' and 'patience' must be >= 1")
-    need(cfg.holdout >= 1, "'dynamics.holdout' must be >= 1")
-    need(cfg.multistep_horizon >= 1 and cfg.multistep_episodes >= 0,
-         "'dynamics.multistep_horizon' must be >= 1 and 'dynamics.multistep_episodes' >= 0")

@@ -35,8 +35,12 @@ import gymnasium as gym
 import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
+from tqdm import tqdm
 
-from pipeline.datasets import DatasetError
+from pipeline.envs import D4RL_REF_SCORES, to_env_action
+from pipeline.errors import DatasetError
+from pipeline.minari_source import minari_datasets_path
+from pipeline.utils import progress, remove_stale_staging, staging_dir
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +70,6 @@ def _recipes(env: str) -> dict[str, list[Segment]]:
 
 
 RECIPES: dict[str, list[Segment]] = {name: segs for env in EMBEDDED_ENVS for name, segs in _recipes(env).items()}
-EMBEDDED_NAMES = tuple(RECIPES)
 
 
 def _env_of(name: str) -> str:
@@ -123,7 +126,7 @@ def _load_actor(env: str, kind: str) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def rollout_episodes(env: gym.Env, actor: Callable[[np.ndarray], np.ndarray] | None, noise: float, rng: np.random.Generator, *, episodes: int | None = None,
-                     transitions: int | None = None, seed: int = 0) -> list[dict]:
+                     transitions: int | None = None, seed: int = 0, bar: tqdm | None = None) -> list[dict]:
     """Whole episodes of ``actor`` (None = uniform random), until the episode or transition count is met."""
     low, high = env.action_space.low, env.action_space.high
     out, total, ep = [], 0, 0
@@ -137,7 +140,7 @@ def rollout_episodes(env: gym.Env, actor: Callable[[np.ndarray], np.ndarray] | N
             else:
                 a = np.clip(actor(obs) + noise * rng.standard_normal(low.shape), -1.0, 1.0)
             a = a.astype(np.float32)
-            obs, r, term, trunc, _ = env.step(low + (a + 1.0) * 0.5 * (high - low))
+            obs, r, term, trunc, _ = env.step(to_env_action(a, low, high))
             observations.append(obs)
             actions.append(a)
             rewards.append(float(r))
@@ -149,6 +152,8 @@ def rollout_episodes(env: gym.Env, actor: Callable[[np.ndarray], np.ndarray] | N
                     "truncations": np.asarray(truncs)})
         total += len(actions)
         ep += 1
+        if bar is not None:
+            bar.update(len(actions))
     return out
 
 
@@ -161,12 +166,17 @@ def _build_buffers(name: str) -> list[dict]:
     env = gym.make(EMBEDDED_ENVS[_env_of(name)])
     actors = {kind: _load_actor(_env_of(name), kind) for kind in ("expert", "medium")}
     episodes: list[dict] = []
+    # an episode segment's length is only known once run: its time limit bounds the bar's total
+    total = sum(seg.count * (env.spec.max_episode_steps if seg.unit == "episodes" else 1) for seg in RECIPES[name])
+    bar = progress(None, desc=f"build embedded:{name}", total=total, unit="step")
     for i, seg in enumerate(RECIPES[name]):
         # Seed offsets as in recipe v2 (episode recipes 0, transition recipes 7): the data stay byte-identical.
         rng = np.random.default_rng(1000 * (i + 1) + (0 if seg.unit == "episodes" else 7))
         actor = actors[seg.actor] if seg.actor else None
         count = {seg.unit: seg.count}
-        episodes += rollout_episodes(env, actor, seg.noise, rng, seed=100_000 * (i + 1), **count)
+        episodes += rollout_episodes(env, actor, seg.noise, rng, seed=100_000 * (i + 1), bar=bar, **count)
+    bar.total = bar.n
+    bar.close()
     env.close()
     return episodes
 
@@ -175,29 +185,20 @@ def _write_minari(name: str, episodes: list[dict], root: Path) -> None:
     import minari
     from minari.data_collector import EpisodeBuffer
 
-    from pipeline.evaluation import D4RL_REF_SCORES
     ref_min, ref_max = D4RL_REF_SCORES[_env_of(name)]
 
     buffers = [EpisodeBuffer(id=i, observations=e["observations"], actions=e["actions"], rewards=e["rewards"],
                              terminations=e["terminations"], truncations=e["truncations"])
                for i, e in enumerate(episodes)]
-    previous = os.environ.get("MINARI_DATASETS_PATH")
-    os.environ["MINARI_DATASETS_PATH"] = str(root)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", module="minari.utils")  # nags about author, permalink, eval_env
-            minari.create_dataset_from_buffers(
-                dataset_id(name), buffers, env=EMBEDDED_ENVS[_env_of(name)],
-                algorithm_name=f"csil-pipeline embedded recipe v{RECIPE_VERSION}",
-                ref_min_score=ref_min, ref_max_score=ref_max,
-                # The description is hashed into the ingested files' content_hash: its format stays as in v2.
-                description=f"Embedded default dataset {name}: " + ", ".join(
-                    f"{s.actor or 'random'} (noise {s.noise}) x {s.count}" for s in RECIPES[name]))
-    finally:
-        if previous is None:
-            os.environ.pop("MINARI_DATASETS_PATH", None)
-        else:
-            os.environ["MINARI_DATASETS_PATH"] = previous
+    with minari_datasets_path(root), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module="minari.utils")  # nags about author, permalink, eval_env
+        minari.create_dataset_from_buffers(
+            dataset_id(name), buffers, env=EMBEDDED_ENVS[_env_of(name)],
+            algorithm_name=f"csil-pipeline embedded recipe v{RECIPE_VERSION}",
+            ref_min_score=ref_min, ref_max_score=ref_max,
+            # The description is hashed into the ingested files' content_hash: its format stays as in v2.
+            description=f"Embedded default dataset {name}: " + ", ".join(
+                f"{s.actor or 'random'} (noise {s.noise}) x {s.count}" for s in RECIPES[name]))
 
 
 def ensure_embedded(name: str) -> tuple[str, Path]:
@@ -207,17 +208,16 @@ def ensure_embedded(name: str) -> tuple[str, Path]:
                            + ", ".join(f"embedded:{n}" for n in RECIPES))
     root = cache_root() / _fingerprint(_env_of(name))
     marker = root / f".{name.replace('/', '_')}.done"
+    remove_stale_staging(root.parent)               # a build killed mid-write, even when nothing is rebuilt now
     if not marker.exists():
         start = time.time()
-        staging = root.parent / f".staging-{os.getpid()}"
-        shutil.rmtree(staging, ignore_errors=True)
         episodes = build_buffers(name)
-        _write_minari(name, episodes, staging)
-        target = root / Path(*dataset_id(name).split("/"))
-        shutil.rmtree(target, ignore_errors=True)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staging / Path(*dataset_id(name).split("/")), target)
-        shutil.rmtree(staging, ignore_errors=True)
+        with staging_dir(root.parent) as staging:
+            _write_minari(name, episodes, staging)
+            target = root / Path(*dataset_id(name).split("/"))
+            shutil.rmtree(target, ignore_errors=True)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging / Path(*dataset_id(name).split("/")), target)
         marker.write_text(json.dumps({"episodes": len(episodes), "seconds": round(time.time() - start, 1)}))
         log.info("built embedded:%s (%d episodes, %d transitions) in %.1fs", name, len(episodes),
                  sum(len(e["actions"]) for e in episodes), time.time() - start)

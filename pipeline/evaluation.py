@@ -6,11 +6,19 @@ and every policy is scored on the same start states.
 
 Normalised score = 100 * (R - R_random) / (R_expert - R_random) (D4RL convention).
 Aggregates over runs (seeds) follow rliable: the inter-quartile mean (IQM) of per-run mean
-scores, with a bootstrap 95 % interval.
+scores, with a 95 % bootstrap interval over runs (never over one run's episodes: a group with
+one run has no interval).
+
+The fair protocol (docs/method.md section 6) is enforced here:
+- reported scores (stage evaluate) and tuning / monitoring roll-outs (stage improve, curve.tsv
+  eval_return) reset their episodes from two disjoint seed ranges, `REPORT_SEED_BASE` and
+  `TUNING_SEED_BASE` (disjoint for every episode count `pipeline.config` allows);
+- intervals are over runs, and `summarize` names groups with fewer than `MIN_QUOTED_RUNS` runs;
+- `summarize` reports the gap each improvement algorithm closes between plain BC and the
+  demonstrations' own score, and the ablations (what the critic adds, what the HetStat policy adds).
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -18,16 +26,41 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from pipeline.config import ParamsError
-from pipeline.stage import ArtefactError
+from pipeline.config import MAX_EVAL_EPISODES
+from pipeline.envs import D4RL_REF_SCORES, env_family, to_env_action
+from pipeline.errors import ArtefactError, DatasetError, ParamsError
 
-# D4RL reference returns (random, expert); identical for the v0 and v2 datasets.
-D4RL_REF_SCORES: dict[str, tuple[float, float]] = {
-    "hopper": (-20.272305, 3234.3),
-    "halfcheetah": (-280.178953, 12135.0),
-    "walker2d": (1.629008, 4592.3),
-    "ant": (-325.6, 3879.7),
-}
+# Episode reset seeds. Episode k of an evaluation is reset with seed ``start + k``, k < episodes <= MAX_EVAL_EPISODES.
+# Tuning: improve's monitoring roll-outs (curve.tsv eval_return; what anyone tuning params looks at), start
+# TUNING_SEED_BASE whatever params.seed is. Reported: the evaluate stage's roll-outs, start
+# REPORT_SEED_BASE * (params.seed + 1) (also disjoint from the seeds the embedded datasets were collected with).
+# The two ranges never overlap: TUNING_SEED_BASE + MAX_EVAL_EPISODES <= REPORT_SEED_BASE (checked below).
+TUNING_SEED_BASE = 12_345
+REPORT_SEED_BASE = 1_000_000
+if TUNING_SEED_BASE + MAX_EVAL_EPISODES > REPORT_SEED_BASE:
+    raise RuntimeError("pipeline/evaluation.py: tuning and reported evaluation seeds would overlap")
+
+BASELINE_GROUP = "bc"          # plain BC over its fits: what improvement is measured against
+CLONED_GROUP = "csil_bc"       # CSIL's HetStat BC: the reward's source, not an improvement algorithm
+MIN_QUOTED_RUNS = 3            # docs/method.md section 6: quote a method's score only over >= 3 seeds
+# name -> (group with the component, group without it, what the difference of their IQMs measures)
+ABLATIONS = {"critic": ("awr", "awr_uniform", "what the critic adds: AWR vs AWR with uniform weights (beta 0)"),
+             "hetstat_policy": ("csil_bc", "bc", "what the HetStat policy adds: CSIL BC vs plain BC")}
+
+
+def report_seed(run_seed: int) -> int:
+    """First episode reset seed of the reported evaluation (stage evaluate) for ``params.seed``."""
+    return REPORT_SEED_BASE * (int(run_seed) + 1)
+
+
+def tuning_seed() -> int:
+    """First episode reset seed of the tuning / monitoring roll-outs (stage improve)."""
+    return TUNING_SEED_BASE
+
+
+def seed_span(start: int, episodes: int) -> list[int]:
+    """[first, last] reset seed of ``episodes`` episodes starting at ``start``."""
+    return [int(start), int(start) + int(episodes) - 1]
 
 
 class Actor(Protocol):
@@ -43,12 +76,6 @@ class Reference:
 
     def as_dict(self) -> dict:
         return {"random": self.low, "expert": self.high, "source": self.source}
-
-
-def env_family(env_id: str) -> str:
-    """'Hopper-v5' -> 'hopper', 'ns/HalfCheetah-v4' -> 'halfcheetah'."""
-    name = env_id.split("/")[-1]
-    return re.sub(r"-v\d+$", "", name).lower()
 
 
 def dataset_reference(*metadata: Any) -> tuple[float, float] | None:
@@ -73,16 +100,12 @@ def reference_scores(env_id: str, ref_scores: str | list = "auto",
                      dataset_ref: tuple[float, float] | None = None) -> Reference:
     """The normalisation reference.
 
-    An explicit ``env.ref_scores: [min, max]`` always wins (it is how a user overrides);
-    ``auto`` uses the D4RL table for hopper / halfcheetah / walker2d / ant, then the
-    dataset's ref_min_score / ref_max_score, and otherwise fails naming the fix.
+    An explicit ``env.ref_scores: [min, max]`` (checked by `pipeline.config`: min < max) always
+    wins (it is how a user overrides); ``auto`` uses the D4RL table for hopper / halfcheetah /
+    walker2d / ant, then the dataset's ref_min_score / ref_max_score, and otherwise fails naming the fix.
     """
     if isinstance(ref_scores, (list, tuple)):
-        if len(ref_scores) != 2:
-            raise ParamsError(f"params.yaml: 'env.ref_scores' must be [min, max], got {ref_scores!r}")
         ref = Reference(float(ref_scores[0]), float(ref_scores[1]), "params.yaml env.ref_scores")
-    elif ref_scores != "auto":
-        raise ParamsError(f"params.yaml: 'env.ref_scores' must be 'auto' or [min, max], got {ref_scores!r}")
     elif env_family(env_id) in D4RL_REF_SCORES:
         ref = Reference(*D4RL_REF_SCORES[env_family(env_id)], f"D4RL reference returns ({env_family(env_id)})")
     elif dataset_ref is not None:
@@ -93,8 +116,8 @@ def reference_scores(env_id: str, ref_scores: str | list = "auto",
             f"({', '.join(sorted(D4RL_REF_SCORES))}) and the dataset metadata has no ref_min_score / ref_max_score; "
             f"set 'env.ref_scores: [random_return, expert_return]'")
     if not ref.high > ref.low:
-        raise ParamsError(f"params.yaml: reference returns must satisfy min < max, got [{ref.low}, {ref.high}] "
-                          f"from {ref.source}")
+        raise DatasetError(f"{ref.source}: reference returns must satisfy min < max, got [{ref.low}, {ref.high}]; "
+                           f"set 'env.ref_scores: [random_return, expert_return]' in params.yaml")
     return ref
 
 
@@ -134,7 +157,7 @@ def evaluate_policy(policy: Actor, env_id: str, episodes: int, seed: int, n_envs
             with torch.no_grad():
                 a = policy.act(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
             a = np.clip(a.astype(np.float64), -1.0, 1.0)
-            obs, reward, terminated, truncated, _ = envs.step(low + (a + 1.0) * 0.5 * (high - low))
+            obs, reward, terminated, truncated, _ = envs.step(to_env_action(a, low, high))
             active = running >= 0
             ep_return[active] += reward[active]
             ep_length[active] += 1
@@ -178,40 +201,88 @@ def interquartile_mean(x: np.ndarray, axis: int = -1) -> np.ndarray | float:
 
 
 def aggregate_runs(scores: np.ndarray, n_bootstrap: int = 2000, seed: int = 0) -> dict:
-    """Aggregate per-episode scores of several runs, shape (runs, episodes).
+    """Aggregate several runs: per-episode scores, shape (runs, episodes), or per-run scores, shape (runs,).
 
     ``mean`` / ``iqm`` are over the runs' mean scores. The 95 % interval of the IQM is a
-    hierarchical bootstrap (resample runs, then episodes within each run), so a single
-    run still gets an interval that reflects its episode-to-episode spread.
+    percentile bootstrap over runs (resample the runs' means with replacement): it measures
+    seed-to-seed variation, not one run's episode-to-episode spread, so one run has no
+    interval (``iqm_ci95_low`` / ``iqm_ci95_high`` are None).
     """
-    scores = np.atleast_2d(np.asarray(scores, dtype=np.float64))
-    n_runs, n_eps = scores.shape
-    run_means = scores.mean(axis=1)
-    rng = np.random.default_rng(seed)
-    runs = rng.integers(0, n_runs, size=(n_bootstrap, n_runs))
-    eps = rng.integers(0, n_eps, size=(n_bootstrap, n_runs, n_eps))
-    boot = interquartile_mean(scores[runs[..., None], eps].mean(axis=-1), axis=-1)
-    lo, hi = np.percentile(boot, [2.5, 97.5])
+    scores = np.asarray(scores, dtype=np.float64)
+    run_means = scores.mean(axis=1) if scores.ndim == 2 else np.atleast_1d(scores)
+    n_runs = len(run_means)
+    lo = hi = None
+    if n_runs >= 2:
+        runs = np.random.default_rng(seed).integers(0, n_runs, size=(n_bootstrap, n_runs))
+        lo, hi = (float(v) for v in np.percentile(interquartile_mean(run_means[runs], axis=-1), [2.5, 97.5]))
     return {"runs": n_runs, "mean": float(run_means.mean()), "iqm": float(interquartile_mean(run_means)),
-            "iqm_ci95_low": float(lo), "iqm_ci95_high": float(hi)}
+            "iqm_ci95_low": lo, "iqm_ci95_high": hi}
+
+
+def gap_closed(iqm: float, iqm_bc: float, demo_score: float) -> float | None:
+    """Fraction of the gap between plain BC and the demonstrations closed: (IQM - IQM_bc) / (demo - IQM_bc).
+
+    None when there is no gap (BC's IQM at or above the demonstrations' score).
+    """
+    room = float(demo_score) - float(iqm_bc)
+    return (float(iqm) - float(iqm_bc)) / room if room > 0 else None
 
 
 def summarize(rows: dict[str, dict], groups: dict[str, list[str]], ref: Reference, expert_return: float,
-              n_bootstrap: int = 2000, seed: int = 0) -> dict:
-    """data/evaluate/summary.json from per-policy `score_row`s and group name -> policy names."""
+              n_bootstrap: int = 2000, seed: int = 0, protocol: dict | None = None) -> dict:
+    """data/evaluate/summary.json from per-policy `score_row`s and group name -> policy names.
+
+    Per group: the runs' normalised means (``per_run``), their IQM and its 95 % bootstrap interval
+    over runs (None for a one-run group). ``gap_closed``: per improvement algorithm (every group but
+    `BASELINE_GROUP` and `CLONED_GROUP`), the fraction of the gap between plain BC's IQM and the
+    demonstrations' own normalised score (``expert_return`` normalised with ``ref``) it closes.
+    ``ablations``: the `ABLATIONS` whose two groups are both present, as differences of IQMs.
+    ``protocol`` (e.g. the seed ranges) is merged into the summary's ``protocol`` record.
+    """
     aggregates = {}
     for group, names in groups.items():
-        returns = np.array([rows[n]["episode_returns"] for n in names])
-        agg = aggregate_runs(normalized_score(returns, ref), n_bootstrap, seed)
-        aggregates[group] = {"policies": names, "runs": agg["runs"], "return_mean": float(returns.mean()),
+        per_run = {n: float(rows[n]["normalized_mean"]) for n in names}
+        agg = aggregate_runs(np.array(list(per_run.values())), n_bootstrap, seed)
+        aggregates[group] = {"policies": names, "runs": agg["runs"], "per_run": per_run,
+                             "return_mean": float(np.mean([rows[n]["return_mean"] for n in names])),
                              "normalized_mean": agg["mean"], "normalized_iqm": agg["iqm"],
                              "normalized_iqm_ci95_low": agg["iqm_ci95_low"],
-                             "normalized_iqm_ci95_high": agg["iqm_ci95_high"]}
+                             "normalized_iqm_ci95_high": agg["iqm_ci95_high"],
+                             "interval": "95 % bootstrap over runs" if agg["runs"] > 1 else "one run: no interval"}
+    demo_score = float(normalized_score(expert_return, ref))
+    gaps = {}
+    if BASELINE_GROUP in aggregates:
+        bc_iqm = aggregates[BASELINE_GROUP]["normalized_iqm"]
+        gaps = {g: gap_closed(a["normalized_iqm"], bc_iqm, demo_score) for g, a in aggregates.items()
+                if g not in (BASELINE_GROUP, CLONED_GROUP)}
+    ablations = {name: {"with": on, "without": off, "what": what,
+                        "iqm_difference": aggregates[on]["normalized_iqm"] - aggregates[off]["normalized_iqm"]}
+                 for name, (on, off, what) in ABLATIONS.items() if on in aggregates and off in aggregates}
     keys = ("return_mean", "return_std", "normalized_mean", "normalized_std", "episodes")
     first = next(iter(rows.values()))
     return {"policies": {n: {k: r[k] for k in keys} for n, r in rows.items()},
             "aggregates": aggregates,
-            "expert_data": {"return_mean": float(expert_return),
-                            "normalized": float(normalized_score(expert_return, ref))},
+            "gap_closed": gaps,
+            "ablations": ablations,
+            "expert_data": {"return_mean": float(expert_return), "normalized": demo_score},
             "reference": ref.as_dict(),
-            "episode_seeds": first["episode_seeds"]}
+            "episode_seeds": first["episode_seeds"],
+            "protocol": {"aggregate": "IQM of the runs' normalised means",
+                         "interval": "95 % percentile bootstrap of the IQM over runs (seeds); one run: no interval",
+                         "bootstrap": int(n_bootstrap),
+                         "baseline": BASELINE_GROUP,
+                         "demo_score": demo_score,
+                         "gap_closed": f"(IQM - IQM_{BASELINE_GROUP}) / (demo_score - IQM_{BASELINE_GROUP}); "
+                                       f"null when IQM_{BASELINE_GROUP} >= demo_score",
+                         "min_quoted_runs": MIN_QUOTED_RUNS,
+                         "below_min_runs": [g for g, a in aggregates.items() if a["runs"] < MIN_QUOTED_RUNS],
+                         **(protocol or {})}}
+
+
+def compared_scores(summary: dict) -> dict:
+    """What runs are compared on (data/evaluate/scores.json, the `dvc metrics` of evaluation): each
+    group's normalised IQM, each improvement algorithm's gap closed (when defined) and each policy's
+    normalised mean (intervals, ablations and the protocol stay in summary.json)."""
+    return {"iqm": {g: a["normalized_iqm"] for g, a in summary["aggregates"].items()},
+            "gap_closed": {g: v for g, v in summary.get("gap_closed", {}).items() if v is not None},
+            "normalized": {n: p["normalized_mean"] for n, p in summary["policies"].items()}}

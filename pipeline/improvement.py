@@ -1,29 +1,34 @@
-"""Offline policy improvement on CSIL's coherent reward: AWR (IQL-style) and RAMBO-style.
+"""Offline policy improvement on CSIL's coherent reward, several seeds at once.
 
-Read top to bottom: the data on the device, the networks, the shared critic target,
-one flat update function per algorithm, model rollouts and the adversarial model update,
-then the training loop (resumable, no host synchronisation between log points).
+Learners (the registry `ALGORITHMS`; one flat update function each):
+  csil         CSIL's own offline step (google-deepmind/csil, offline configuration): a
+               KL-regularised soft actor-critic on demonstrations + the other data, no model.
+               actor loss  beta * (log pi(a|s) - log pi_BC(a|s)) - min Q(s, a),  a ~ pi
+               critic      (Q - [r + gamma * soft V(s')])^2 with LayerNorm critics,
+                           soft V(s') = min Q'(s', a') - beta * (log pi - log pi_BC)(a'|s')
+  awr          IQL-style advantage-weighted regression (expectile V, TD Q, exp(beta_awr * A)).
+  awr_uniform  the same with beta_awr = 0 (uniform weights, same source shares): the ablation
+               that shows what the critic adds.
+  rambo        the csil learner trained on a mix of real data and model rollouts (started from
+               demonstration and other states), with RAMBO's adversarial model update.
 
-Terminal handling (method.md section 4): a terminal transition bootstraps from the
-absorbing value V_term = r_min / (1 - gamma), not 0; otherwise falling would beat
-continuing anywhere the coherent reward is negative. Timeouts bootstrap from V(s').
-Critic targets are clipped above at r_max / (1 - gamma).
+Every learner first evaluates its starting policy (BC stage 1) for ``critic_pretrain_steps``
+updates with the actor held fixed, so no actor follows an untrained critic (CSIL pre-trains
+its critic the same way, by policy evaluation on the demonstrations).
 
-AWR's weights exp(beta * A), clipped, are by default divided by their mean within each source
-(demonstrations / other data; `normalise_per_source`), so the demonstrations always carry
-`actor_expert_share` of the actor loss (the critics still see the 50/50 batch); with raw
-weights a sharper reward made a few suboptimal transitions at the clip outweigh every
-demonstration (10 demos: 3.3 normalised vs 93.3).
+Terminal handling (method.md section 4): a terminal transition bootstraps from the absorbing
+value V_term = r_min / (1 - gamma), not 0; timeouts bootstrap from V(s'); targets are clipped
+above at r_max / (1 - gamma).
 
-Critic warm-up: for the first ``critic_warmup`` steps only the critics (and V) learn, with
-the actor held at its BC start (policy evaluation of BC). A fresh critic's Q - V is noise,
-so without it the first thousands of actor updates are an unweighted fit of the
-expert/suboptimal mix (AWR) or a climb of a random Q (RAMBO), and both drift from BC.
+Seeds are a batch dimension: every network is a `SeedStack` of S copies evaluated with one
+vmapped call, each seed with its own initialisation, data order and noise (`SeedRNG`), and its
+own Adam state (a loss summed over seeds gives each slice its own gradient). Seed k trained in
+a batch of S matches seed k trained alone. Nothing in the update loop reads back to the host;
+logging reads the accumulated sums once per ``log_every``.
 
-RAMBO's adversarial term uses the batch *mean* of log p_model * A (as OfflineRL-Kit);
-the official RAMBO code *sums* over the batch, so its adv_weight of 3e-4 corresponds to
-3e-4 * adv_batch here (0.077 at batch 256). Default: 3e-4 on the mean, OfflineRL-Kit's
-setting.
+RAMBO's adversarial term *sums* log p_model(s'|s,a) * A over the batch, as the official RAMBO
+code does (OfflineRL-Kit averages, which makes the same adv_weight 256x weaker at batch 256),
+with one model gradient step per rollout step.
 """
 from __future__ import annotations
 
@@ -31,44 +36,71 @@ import copy
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
+from torch.func import functional_call
 
 from pipeline.bc import bc_loss
 from pipeline.config import ImproveConfig
-from pipeline.nets import EnsembleMLP, mlp, soft_update
+from pipeline.distributions import tanh_gaussian_log_prob, tanh_gaussian_sample
+from pipeline.nets import EnsembleLinear
 from pipeline.policies import Policy
 from pipeline.reward import coherent_reward
+from pipeline.utils import atomic_torch_save, progress
+from pipeline.vectorised import Method, SeedRNG, SeedStack, prefixed
 
 log = logging.getLogger(__name__)
 Batch = dict[str, torch.Tensor]
 
 
 # -- data --------------------------------------------------------------------------------
-class TransitionBuffer:
-    """Transitions as tensors on one device; uniform sampling without host syncs."""
+@torch.no_grad()
+def with_bc_params(bc: Policy, data: Batch, chunk: int = 16_384) -> Batch:
+    """Add pi_BC's (loc, std) at obs and next_obs. pi_BC is fixed, and its variance head is the costliest
+    matmul of an update (d x F^2 per state): computed once here, the KL term costs nothing per step."""
+    out = dict(data)
+    for key, prefix in (("obs", "bc_"), ("next_obs", "bc_next_")):
+        parts = [bc.dist_params(x) for x in data[key].split(chunk)]
+        out[prefix + "loc"] = torch.cat([p[0] for p in parts])
+        out[prefix + "std"] = torch.cat([p[1] for p in parts])
+    return out
 
-    def __init__(self, data: Batch):
-        self.data = data
-        self.size = next(iter(data.values())).shape[0]
 
-    def sample(self, n: int) -> Batch:
-        idx = torch.randint(0, self.size, (n,), device=self.data["obs"].device)
-        return {k: v[idx] for k, v in self.data.items()}
+class SeedBuffers:
+    """Demonstrations and other transitions on the device (with pi_BC's parameters at every state),
+    sampled per seed with its own generator."""
+
+    def __init__(self, demos: Batch, other: Batch, bc: Policy, rng: SeedRNG):
+        self.demos, self.other, self.rng = with_bc_params(bc, demos), with_bc_params(bc, other), rng
+        self.n_demos, self.n_other = demos["obs"].shape[0], other["obs"].shape[0]
+
+    def mixed(self, n: int, expert_ratio: float) -> Batch:
+        """(S, n, .) batches: round(n * expert_ratio) demonstration rows first, then other rows."""
+        n_exp = int(round(n * expert_ratio))
+        idx_a, idx_b = self.rng.randint(self.n_demos, (n_exp,)), self.rng.randint(self.n_other, (n - n_exp,))
+        a = {k: v[idx_a] for k, v in self.demos.items()}
+        b = {k: v[idx_b] for k, v in self.other.items()}
+        batch = {k: torch.cat([a[k], b[k]], dim=1) for k in a}
+        is_expert = torch.zeros(n, device=batch["obs"].device)
+        is_expert[:n_exp] = 1.0
+        batch["is_expert"] = is_expert.expand(self.rng.n, n)
+        return batch
+
+    def start_states(self, n: int, demo_share: float) -> torch.Tensor:
+        """(S, n, obs_dim) rollout starts: ``demo_share`` from demonstration states, the rest from the other data."""
+        n_exp = int(round(n * demo_share))
+        return torch.cat([self.demos["obs"][self.rng.randint(self.n_demos, (n_exp,))],
+                          self.other["obs"][self.rng.randint(self.n_other, (n - n_exp,))]], dim=1)
 
 
 class RingBuffer:
-    """Fixed-capacity FIFO of model transitions, entirely on the device.
-
-    Rollouts return a variable number of live transitions; the host only learns that
-    count when ``add`` runs, which happens once per rollout, not per update step.
-    """
+    """Fixed-capacity FIFO of model transitions for one seed, entirely on the device."""
 
     def __init__(self, capacity: int, shapes: dict[str, tuple[int, ...]], device: torch.device):
         self.capacity, self.ptr, self.size = capacity, 0, 0
@@ -86,8 +118,8 @@ class RingBuffer:
         self.ptr = (self.ptr + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
 
-    def sample(self, n: int) -> Batch:
-        idx = torch.randint(0, max(self.size, 1), (n,), device=self.data["obs"].device)
+    def sample(self, n: int, generator: torch.Generator) -> Batch:
+        idx = torch.randint(0, max(self.size, 1), (n,), device=self.data["obs"].device, generator=generator)
         return {k: v[idx] for k, v in self.data.items()}
 
     def state_dict(self) -> dict:
@@ -99,26 +131,43 @@ class RingBuffer:
             self.data[k].copy_(state[f"data.{k}"])
 
 
-def mixed_batch(expert: TransitionBuffer, other: TransitionBuffer, n: int, expert_ratio: float) -> Batch:
-    """``expert_ratio`` of the rows from the demonstrations, the rest from ``other``; "is_expert" marks them."""
-    n_exp = int(round(n * expert_ratio))
-    a, b = expert.sample(n_exp), other.sample(n - n_exp)
-    batch = {k: torch.cat([a[k], b[k]]) for k in a}
-    batch["is_expert"] = torch.cat([torch.ones(n_exp, device=batch["obs"].device),
-                                    torch.zeros(n - n_exp, device=batch["obs"].device)])
-    return batch
-
-
 # -- networks ----------------------------------------------------------------------------
 class TwinCritic(nn.Module):
-    """Two Q networks evaluated as one batched ensemble: (obs, act) -> (2, B)."""
+    """Two Q networks as one batched ensemble: (obs, act) (B, .) -> (2, B).
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256):
+    With ``layer_norm`` each is CSIL's LayerNorm MLP: Linear -> LayerNorm -> Linear -> ELU ->
+    Linear; without it a ReLU MLP (IQL's critic).
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256, layer_norm: bool = True):
         super().__init__()
-        self.net = EnsembleMLP(2, obs_dim + act_dim, (hidden, hidden), 1)
+        self.layer_norm = layer_norm
+        self.l1 = EnsembleLinear(2, obs_dim + act_dim, hidden)
+        self.l2 = EnsembleLinear(2, hidden, hidden)
+        self.l3 = EnsembleLinear(2, hidden, 1)
+        if layer_norm:
+            self.ln_weight = nn.Parameter(torch.ones(2, 1, hidden))
+            self.ln_bias = nn.Parameter(torch.zeros(2, 1, hidden))
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([obs, act], -1)).squeeze(-1)
+        x = torch.cat([obs, act], -1).unsqueeze(0).expand(2, -1, -1)
+        h = self.l1(x)
+        if self.layer_norm:
+            h = F.layer_norm(h, h.shape[-1:]) * self.ln_weight + self.ln_bias
+            h = F.elu(self.l2(h))
+        else:
+            h = F.relu(self.l2(F.relu(h)))
+        return self.l3(h).squeeze(-1)
+
+
+class ValueNet(nn.Module):
+    def __init__(self, obs_dim: int, hidden: int = 256):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(obs_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, 1))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs).squeeze(-1)
 
 
 @dataclass
@@ -151,8 +200,9 @@ def actor_lr_at(step: int, lr: float, steps: int, schedule: str) -> float:
 
 
 def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
+    """Mean over the last dim of |expectile - 1(diff < 0)| * diff^2."""
     weight = torch.where(diff > 0, expectile, 1.0 - expectile)
-    return (weight * diff.pow(2)).mean()
+    return (weight * diff.pow(2)).mean(-1)
 
 
 def awr_weights(q: torch.Tensor, v: torch.Tensor, beta: float, max_weight: float) -> torch.Tensor:
@@ -160,7 +210,7 @@ def awr_weights(q: torch.Tensor, v: torch.Tensor, beta: float, max_weight: float
 
 
 def normalise_per_source(weights: torch.Tensor, is_expert: torch.Tensor, expert_share: float) -> torch.Tensor:
-    """Self-normalise the weights of each source (demonstrations / other data).
+    """Self-normalise the weights of each source (demonstrations / other data) along the last dim.
 
     The demonstrations then carry ``expert_share`` of the actor loss and the other data the rest,
     whatever the advantages; the advantage only ranks transitions *within* a source. Raw weights
@@ -168,256 +218,416 @@ def normalise_per_source(weights: torch.Tensor, is_expert: torch.Tensor, expert_
     demonstration.
     """
     is_demo = (is_expert > 0.5).float()
-    n = len(weights)
+    n = weights.shape[-1]
     out = torch.zeros_like(weights)
     for m, share in ((is_demo, expert_share), (1.0 - is_demo, 1.0 - expert_share)):
-        out = out + m * weights * (share * n) / (weights * m).sum().clamp(min=1e-8)
+        out = out + m * weights * (share * n) / (weights * m).sum(-1, keepdim=True).clamp(min=1e-8)
     return out
 
 
-@torch.no_grad()
-def demo_mse(policy: Policy, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-    """Mean squared error of the policy's deterministic action on demonstrations: a low-noise,
-    offline check that improvement keeps the fit BC has where the expert went."""
-    return (policy.act(obs) - act).pow(2).mean()
+# -- the learner state -------------------------------------------------------------------
+def adam(params, lr: float, device: torch.device) -> torch.optim.Optimizer:
+    """Adam with the fused kernel: its step counters stay on the device (no per-step host read on a GPU)."""
+    return torch.optim.Adam(params, lr=lr, fused=device.type in ("cpu", "cuda"))
 
 
-def demo_subset(expert: TransitionBuffer, n: int = 10_000) -> tuple[torch.Tensor, torch.Tensor]:
-    """A fixed subset (at most n rows, drawn without touching the global RNG) of the demonstrations."""
-    rows = expert.data["obs"].shape[0]
-    g = torch.Generator().manual_seed(0)
-    idx = torch.randperm(rows, generator=g)[:n].to(expert.data["obs"].device)
-    return expert.data["obs"][idx], expert.data["act"][idx]
+@dataclass
+class Algorithm:
+    """A registry entry: the update, the actor's rate and schedule, and what the learner needs."""
+    name: str
+    update: Callable[..., dict[str, torch.Tensor]]
+    uses_value: bool
+    uses_model: bool
 
 
-# -- the learner -------------------------------------------------------------------------
-class Improver:
-    """Holds the networks and optimisers; ``awr_step`` / ``rambo_step`` are the flat updates."""
+class Learner:
+    """The networks and optimisers of one algorithm for S seeds (leading dim S everywhere)."""
 
-    def __init__(self, actor: Policy, bc_policy: Policy, cfg: ImproveConfig, bounds: Bounds, alpha: float,
-                 device: torch.device, dynamics=None, termination_fn: Callable | None = None):
-        self.cfg, self.bounds, self.alpha, self.device = cfg, bounds, alpha, device
+    def __init__(self, algo: str, actor: Policy, bc: Policy, cfg: ImproveConfig, bounds: Bounds, alpha: float,
+                 seeds: list[int], device: torch.device, dynamics: nn.Module | None = None,
+                 termination_fn: Callable | None = None):
+        self.algo, self.spec = algo, ALGORITHMS[algo]
+        self.cfg, self.bounds, self.alpha, self.device, self.seeds = cfg, bounds, alpha, device, list(seeds)
+        self.rng = SeedRNG(seeds, device)
         obs_dim, act_dim = actor.obs_dim, actor.act_dim
-        self.actor = actor.to(device).train()
-        self.bc = bc_policy.to(device).eval().requires_grad_(False)
-        self.critic = TwinCritic(obs_dim, act_dim).to(device)
-        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.value = mlp(obs_dim, (256, 256), 1).to(device)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
-        self.value_opt = torch.optim.Adam(self.value.parameters(), lr=cfg.critic_lr)
-        self.dynamics, self.termination_fn = dynamics, termination_fn
-        self.model_opt = (torch.optim.Adam(dynamics.parameters(), lr=cfg.rambo.model_lr)
-                          if dynamics is not None else None)
+        self.actor_template = copy.deepcopy(actor).to(device)
+        self.actor = SeedStack([copy.deepcopy(actor).to(device) for _ in seeds])
+        self.bc = bc.to(device).eval().requires_grad_(False)
+
+        def per_seed(make: Callable[[], nn.Module], salt: int) -> list[nn.Module]:
+            mods = []
+            for s in seeds:   # each seed's initialisation depends only on its seed
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(1_000_003 * salt + int(s))
+                    mods.append(make().to(device))
+            return mods
+        critics = per_seed(lambda: TwinCritic(obs_dim, act_dim, cfg.critic_hidden, cfg.critic_layer_norm), 1)
+        self.critic = SeedStack(critics)
+        self.critic_target = SeedStack(critics).requires_grad_(False)
+        self.critic_opt = adam(self.critic.parameters(), cfg.critic_lr, device)
+        self.actor_opt = adam(self.actor.parameters(), self.actor_lr, device)
+        self.value = self.value_opt = None
+        if self.spec.uses_value:
+            self.value = SeedStack(per_seed(lambda: ValueNet(obs_dim, cfg.critic_hidden), 2))
+            self.value_opt = adam(self.value.parameters(), cfg.critic_lr, device)
+        self.models, self.model_opts, self.model_buffers = [], [], []
+        if self.spec.uses_model:
+            rc = cfg.rambo
+            self.termination_fn = termination_fn
+            self.models = [copy.deepcopy(dynamics).to(device) for _ in seeds]   # each seed's adversary moves its own
+            self.model_opts = [adam(m.parameters(), rc.model_lr, device) for m in self.models]
+            shapes = {"obs": (obs_dim,), "act": (act_dim,), "next_obs": (obs_dim,), "terminal": (), "rew": (),
+                      **{f"bc_{w}{p}": (act_dim,) for w in ("", "next_") for p in ("loc", "std")}}
+            self.model_buffers = [RingBuffer(rc.buffer_rollouts * rc.rollout_starts * rc.horizon, shapes, device)
+                                  for _ in seeds]
+
+    @property
+    def n(self) -> int:
+        return len(self.seeds)
+
+    @property
+    def actor_lr(self) -> float:
+        return self.cfg.awr.actor_lr if self.spec.name in ("awr", "awr_uniform") else getattr(self.cfg, self.algo).actor_lr
+
+    @property
+    def kl_beta(self) -> float:
+        return getattr(self.cfg, self.algo).kl_beta
+
+    # policy helpers on (S, B, .) tensors -----------------------------------------------------
+    def actor_dist(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.actor.call("dist_params", obs)
+
+    def actor_sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loc, std = self.actor_dist(obs)
+        return tanh_gaussian_sample(loc, std, self.rng.randn(tuple(loc.shape[1:])))
+
+    def bc_log_prob(self, b: Batch, act: torch.Tensor, nxt: bool = False) -> torch.Tensor:
+        """log pi_BC(act | s) (or s') from the batch's precomputed BC parameters (`with_bc_params`)."""
+        prefix = "bc_next_" if nxt else "bc_"
+        return tanh_gaussian_log_prob(b[prefix + "loc"], b[prefix + "std"], act)
 
     def reward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        """The coherent reward of the stage-2 BC policy, clipped below at r_min."""
+        """The coherent reward of the stage-2 BC policy, clipped below at r_min (model transitions)."""
         with torch.no_grad():
             return coherent_reward(self.bc, obs, act, self.alpha).clamp(min=self.bounds.r_min)
 
-    # AWR / IQL ---------------------------------------------------------------------------
-    def awr_step(self, b: Batch, actor_b: Batch, update_actor: bool = True) -> dict[str, torch.Tensor]:
-        """Value (expectile), Q (TD) on the critics' batch ``b``; the weighted regression on ``actor_b``."""
-        cfg = self.cfg.awr
+    def q(self, obs: torch.Tensor, act: torch.Tensor, target: bool = False, detach: bool = False) -> torch.Tensor:
+        """(S, 2, B) twin Q values."""
+        return (self.critic_target if target else self.critic).call("forward", obs, act, detach=detach)
+
+    def member_actor(self, k: int) -> Policy:
+        return self.actor.member(k, copy.deepcopy(self.actor_template)).eval()
+
+    def member_act(self, k: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Seed k's stochastic policy on (B, obs) as a plain function (model rollouts)."""
+        params = {n: p[k].detach() for n, p in self.actor.params().items()}
+        def act(obs: torch.Tensor) -> torch.Tensor:
+            loc, std = _dist_with(self.actor_template, params, obs)
+            return tanh_gaussian_sample(loc, std)[0]
+        return act
+
+    def soft_update(self) -> None:
         with torch.no_grad():
-            q_target = self.critic_target(b["obs"], b["act"]).min(0).values
-        v = self.value(b["obs"]).squeeze(-1)
-        value_loss = expectile_loss(q_target - v, cfg.expectile)
-        self.value_opt.zero_grad(set_to_none=True)
-        value_loss.backward()
-        self.value_opt.step()
+            for t, s in zip(self.critic_target.parameters(), self.critic.parameters()):
+                t.lerp_(s, self.cfg.tau)
 
-        with torch.no_grad():
-            target = td_target(b["rew"], self.value(b["next_obs"]).squeeze(-1), b["terminal"], self.bounds)
-        q = self.critic(b["obs"], b["act"])
-        critic_loss = F.mse_loss(q, target.expand_as(q)) * 2
-        self.critic_opt.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        self.critic_opt.step()
+    def optimisers(self) -> dict[str, torch.optim.Optimizer]:
+        opts = {"critic_opt": self.critic_opt, "actor_opt": self.actor_opt}
+        if self.value_opt is not None:
+            opts["value_opt"] = self.value_opt
+        return opts
 
-        with torch.no_grad():
-            raw_weights = awr_weights(self.critic_target(actor_b["obs"], actor_b["act"]).min(0).values,
-                                      self.value(actor_b["obs"]).squeeze(-1), cfg.beta, cfg.max_weight)
-        weights = (normalise_per_source(raw_weights, actor_b["is_expert"], cfg.actor_expert_share)
-                   if cfg.normalise_weights else raw_weights)
-        actor_loss = bc_loss(self.actor, actor_b["obs"], actor_b["act"], cfg.actor_loss, weights)
-        if update_actor:
-            self.actor_opt.zero_grad(set_to_none=True)
-            actor_loss.backward()
-            self.actor_opt.step()
-        soft_update(self.critic_target, self.critic, self.cfg.tau)
-        return {"critic_loss": critic_loss.detach(), "value_loss": value_loss.detach(),
-                "actor_loss": actor_loss.detach(), "q": q_target.mean(),
-                "weight_mean": raw_weights.mean(), "weight_clipped": (raw_weights >= cfg.max_weight).float().mean(),
-                "weight_ess": weights.sum().square() / (len(weights) * weights.square().sum()).clamp(min=1e-12)}
-
-    # RAMBO-style soft policy iteration --------------------------------------------------
-    def kl_to_bc(self, obs: torch.Tensor, act: torch.Tensor, log_pi: torch.Tensor) -> torch.Tensor:
-        return log_pi - self.bc.log_prob(obs, act)
-
-    def rambo_step(self, b: Batch, update_actor: bool = True) -> dict[str, torch.Tensor]:
-        beta = self.cfg.rambo.kl_beta
-        with torch.no_grad():
-            a2, lp2 = self.actor.sample(b["next_obs"])
-            soft_v = self.critic_target(b["next_obs"], a2).min(0).values - beta * self.kl_to_bc(b["next_obs"], a2, lp2)
-            target = td_target(b["rew"], soft_v, b["terminal"], self.bounds)
-        q = self.critic(b["obs"], b["act"])
-        critic_loss = F.mse_loss(q, target.expand_as(q)) * 2
-        self.critic_opt.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        self.critic_opt.step()
-
-        a_pi, lp = self.actor.sample(b["obs"])
-        self.critic.requires_grad_(False)
-        q_pi = self.critic(b["obs"], a_pi).min(0).values
-        self.critic.requires_grad_(True)
-        kl = self.kl_to_bc(b["obs"], a_pi, lp)
-        actor_loss = (beta * kl - q_pi).mean()
-        if update_actor:
-            self.actor_opt.zero_grad(set_to_none=True)
-            actor_loss.backward()
-            self.actor_opt.step()
-        soft_update(self.critic_target, self.critic, self.cfg.tau)
-        return {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(), "q": q_pi.detach().mean(),
-                "kl_to_bc": kl.detach().mean()}
-
-    @torch.no_grad()
-    def model_rollout(self, start_obs: torch.Tensor, horizon: int) -> Batch:
-        """Roll the current policy out in the model; every live transition with its coherent reward."""
-        from pipeline.dynamics import rollout
-        out = rollout(self.dynamics, lambda o: self.actor.sample(o)[0], start_obs, horizon, self.termination_fn)
-        return {"obs": out["obs"], "act": out["act"], "next_obs": out["next_obs"], "terminal": out["terminal"],
-                "rew": self.reward(out["obs"], out["act"])}
-
-    def adversarial_model_step(self, start_obs: torch.Tensor, real: Batch, horizon: int) -> dict[str, torch.Tensor]:
-        """RAMBO: make the model predict low-advantage outcomes for the policy, stay close to the data.
-
-        loss = adv_weight * mean_batch(log p_model(s'|s,a) * A_normalised) + NLL_model(real batch),
-        with A = r + gamma (1-d) min Q(s', pi(s')) - min Q(s, a) over an h-step policy rollout.
-        """
-        cfg = self.cfg.rambo
-        adv_terms = []
-        obs = start_obs
-        for _ in range(horizon):
-            with torch.no_grad():
-                act, _ = self.actor.sample(obs)
-                next_obs, _ = self.dynamics.step(obs, act)
-                done = self.termination_fn(obs, act, next_obs).float()
-                next_act, _ = self.actor.sample(next_obs)
-                v_next = self.critic(next_obs, next_act).min(0).values
-                target = td_target(self.reward(obs, act), v_next, done, self.bounds)
-                adv = target - self.critic(obs, act).min(0).values
-                adv = (adv - adv.mean()) / (adv.std() + 1e-6)
-            adv_terms.append((self.dynamics.log_prob(obs, act, next_obs) * adv).mean())
-            obs = next_obs
-        adv_loss = torch.stack(adv_terms).mean()
-        nll = self.dynamics.nll_loss(real["obs"], real["act"], real["next_obs"])
-        loss = cfg.adv_weight * adv_loss + nll
-        self.model_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.model_opt.step()
-        return {"model_adv_loss": adv_loss.detach(), "model_nll": nll.detach()}
-
-    # checkpointing ----------------------------------------------------------------------
     def state_dict(self) -> dict:
-        state = {name: getattr(self, name).state_dict() for name in
-                 ("actor", "critic", "critic_target", "value", "actor_opt", "critic_opt", "value_opt")}
-        if self.dynamics is not None:
-            state["dynamics"] = self.dynamics.state_dict()
-            state["model_opt"] = self.model_opt.state_dict()
+        state = {"actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
+                 "critic_target": self.critic_target.state_dict(),
+                 **{k: o.state_dict() for k, o in self.optimisers().items()}, "rng": self.rng.state()}
+        if self.value is not None:
+            state["value"] = self.value.state_dict()
+        for k, (m, o, b) in enumerate(zip(self.models, self.model_opts, self.model_buffers)):
+            state[f"model{k}"], state[f"model_opt{k}"], state[f"model_buffer{k}"] = m.state_dict(), o.state_dict(), \
+                b.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        for name, value in state.items():
-            getattr(self, name).load_state_dict(value)
+        self.rng.load_state(state["rng"])
+        for name in ("actor", "critic", "critic_target", "value"):
+            if name in state:
+                getattr(self, name).load_state_dict(state[name])
+        for k, o in self.optimisers().items():
+            o.load_state_dict(state[k])
+        for k, (m, o, b) in enumerate(zip(self.models, self.model_opts, self.model_buffers)):
+            m.load_state_dict(state[f"model{k}"])
+            o.load_state_dict(state[f"model_opt{k}"])
+            b.load_state_dict(state[f"model_buffer{k}"])
 
 
-def train(improver: Improver, algo: str, expert: TransitionBuffer, suboptimal: TransitionBuffer,
-          start_states: torch.Tensor, *, resume_path: Path | None = None, fingerprint: str = "",
-          evaluate: Callable[[Policy], float] | None = None, eval_every: int = 0) -> list[dict]:
-    """Run ``cfg.steps`` updates of ``algo``; returns the learning curve rows.
+def _dist_with(template: Policy, params: dict[str, torch.Tensor], obs: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``template.dist_params(obs)`` with ``params`` in place of its own (buffers: the template's)."""
+    return functional_call(Method(template, "dist_params"), prefixed(params), (obs,), strict=False)
 
-    Host syncs happen only at log / rollout / checkpoint points. If ``resume_path`` holds
-    a checkpoint with the same fingerprint, training continues from it.
+
+# -- flat update functions (one per algorithm) -------------------------------------------
+def _step(opts: list[torch.optim.Optimizer], loss: torch.Tensor) -> None:
+    for o in opts:
+        o.zero_grad(set_to_none=True)
+    loss.backward()
+    for o in opts:
+        o.step()
+
+
+def awr_update(L: Learner, b: Batch, actor_b: Batch, update_actor: bool) -> dict[str, torch.Tensor]:
+    """IQL: V by expectile regression on min Q'(s, a_data), Q by TD to r + gamma V(s'), then the
+    actor by the advantage-weighted log-likelihood of the data actions (per-source normalised)."""
+    cfg = L.cfg.awr
+    beta = 0.0 if L.algo == "awr_uniform" else cfg.beta
+    with torch.no_grad():
+        q_target = L.q(b["obs"], b["act"], target=True).min(1).values               # (S, B)
+        target = td_target(b["rew"], L.value(b["next_obs"]), b["terminal"], L.bounds)
+    v = L.value(b["obs"])
+    value_loss = expectile_loss(q_target - v, cfg.expectile)                          # (S,)
+    q = L.q(b["obs"], b["act"])
+    critic_loss = (q - target.unsqueeze(1)).pow(2).mean((1, 2)) * 2
+    loss = (value_loss + critic_loss).sum()
+    with torch.no_grad():
+        raw = awr_weights(L.q(actor_b["obs"], actor_b["act"], target=True).min(1).values,
+                          L.value(actor_b["obs"]), beta, cfg.max_weight)
+        weights = normalise_per_source(raw, actor_b["is_expert"], cfg.actor_expert_share) \
+            if cfg.normalise_weights else raw
+    opts = [L.value_opt, L.critic_opt]
+    if update_actor:
+        loc, std = L.actor_dist(actor_b["obs"])
+        actor_loss = -(weights * tanh_gaussian_log_prob(loc, std, actor_b["act"])).mean(-1) \
+            if cfg.actor_loss == "nll" else _weighted_bc(L, actor_b, weights, cfg.actor_loss)
+        loss = loss + actor_loss.sum()
+        opts.append(L.actor_opt)
+    else:
+        actor_loss = torch.zeros_like(critic_loss)
+    _step(opts, loss)
+    L.soft_update()
+    return {"critic_loss": critic_loss.detach(), "value_loss": value_loss.detach(),
+            "actor_loss": actor_loss.detach(), "q": q_target.mean(-1),
+            "weight_clipped": (raw >= cfg.max_weight).float().mean(-1),
+            "weight_ess": weights.sum(-1).square() / (weights.shape[-1] * weights.square().sum(-1)).clamp(min=1e-12)}
+
+
+def _weighted_bc(L: Learner, b: Batch, weights: torch.Tensor, kind: str) -> torch.Tensor:
+    """Weighted faithful / mse BC losses per seed (a Python loop: off the default path)."""
+    out = []
+    for k in range(L.n):
+        policy = L.actor.member(k, copy.deepcopy(L.actor_template))
+        out.append(bc_loss(policy, b["obs"][k], b["act"][k], kind, weights[k]))
+    return torch.stack(out)
+
+
+def csil_update(L: Learner, b: Batch, update_actor: bool) -> dict[str, torch.Tensor]:
+    """CSIL's KL-regularised soft actor-critic step (also rambo's, on its real/model batch)."""
+    beta = L.kl_beta
+    with torch.no_grad():
+        a2, lp2 = L.actor_sample(b["next_obs"])
+        soft_v = L.q(b["next_obs"], a2, target=True).min(1).values - beta * (lp2 - L.bc_log_prob(b, a2, nxt=True))
+        target = td_target(b["rew"], soft_v, b["terminal"], L.bounds)
+    q = L.q(b["obs"], b["act"])
+    critic_loss = (q - target.unsqueeze(1)).pow(2).mean((1, 2)) * 2
+    loss, opts = critic_loss.sum(), [L.critic_opt]
+    if update_actor:
+        a_pi, lp = L.actor_sample(b["obs"])
+        kl = lp - L.bc_log_prob(b, a_pi)
+        q_pi = L.q(b["obs"], a_pi, detach=True).min(1).values        # critic weights get no actor gradient
+        actor_loss = (beta * kl - q_pi).mean(-1)
+        loss = loss + actor_loss.sum()
+        opts.append(L.actor_opt)
+        kl_mean = kl.detach().mean(-1)
+    else:
+        actor_loss = kl_mean = torch.zeros_like(critic_loss)
+    _step(opts, loss)
+    L.soft_update()
+    return {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(), "q": q.detach().min(1).values.mean(-1),
+            "kl_to_bc": kl_mean}
+
+
+ALGORITHMS: dict[str, Algorithm] = {
+    "csil": Algorithm("csil", csil_update, uses_value=False, uses_model=False),
+    "awr": Algorithm("awr", awr_update, uses_value=True, uses_model=False),
+    "awr_uniform": Algorithm("awr_uniform", awr_update, uses_value=True, uses_model=False),
+    "rambo": Algorithm("rambo", csil_update, uses_value=False, uses_model=True),
+}
+
+
+# -- model rollouts and the adversarial model update (rambo) -----------------------------
+@contextmanager
+def seed_stream(L: Learner, k: int) -> Iterator[None]:
+    """Run code that draws from torch's global RNG on seed k's own stream (rollouts, model sampling)."""
+    devices = [L.device] if L.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        derived = torch.randint(0, 2 ** 62, (1,), generator=L.rng.cpu_gens[k])   # CPU: no device sync
+        torch.manual_seed(int(derived))
+        yield
+
+
+@torch.no_grad()
+def model_rollouts(L: Learner, starts: torch.Tensor) -> None:
+    """Roll each seed's policy out in its own model from (S, N, obs) ``starts``; add to its buffer."""
+    from pipeline.dynamics import rollout
+    for k in range(L.n):
+        with seed_stream(L, k):
+            out = rollout(L.models[k], L.member_act(k), starts[k], L.cfg.rambo.horizon, L.termination_fn)
+        batch = {"obs": out["obs"], "act": out["act"], "next_obs": out["next_obs"], "terminal": out["terminal"],
+                 "rew": L.reward(out["obs"], out["act"])}
+        L.model_buffers[k].add(with_bc_params(L.bc, batch))
+
+
+def model_batch(L: Learner, n: int) -> Batch:
+    parts = [buf.sample(n, gen) for buf, gen in zip(L.model_buffers, L.rng.gens)]
+    return {key: torch.stack([p[key] for p in parts]) for key in parts[0]}
+
+
+def real_and_model_batch(L: Learner, buffers: SeedBuffers) -> Batch:
+    """rambo's (S, batch_size, .) batch: ``real_ratio`` real rows (demos / other mixed), the rest model rows."""
+    n_real = int(round(L.cfg.batch_size * L.cfg.rambo.real_ratio))
+    real, fake = buffers.mixed(n_real, L.cfg.expert_ratio), model_batch(L, L.cfg.batch_size - n_real)
+    return {k: torch.cat([real[k], fake[k]], 1) for k in fake}
+
+
+def adversarial_model_phase(L: Learner, buffers: SeedBuffers) -> dict[str, torch.Tensor]:
+    """RAMBO's model update: ``adv_steps`` gradient steps per seed, one per rollout step.
+
+    loss = adv_weight * sum_batch(log p_model(s'|s,a) * A_normalised) + NLL_model(real batch),
+    A = r + gamma (1 - d) min Q(s', pi(s')) - min Q(s, a) along an h-step policy rollout in the
+    model; the model learns to predict low-advantage outcomes for the policy while staying
+    close to the data. Returns per-seed means and ``model_shift``: how far the model's mean
+    prediction moved over the phase on a fixed probe batch, in units of the state change's std.
     """
-    cfg, device = improver.cfg, improver.device
-    rcfg = cfg.rambo
-    model_buffer = None
-    if algo == "rambo":
-        obs_dim, act_dim = start_states.shape[1], improver.actor.act_dim
-        model_buffer = RingBuffer(rcfg.buffer_rollouts * rcfg.rollout_starts * rcfg.horizon,
-                                  {"obs": (obs_dim,), "act": (act_dim,), "next_obs": (obs_dim,),
-                                   "terminal": (), "rew": ()}, device)
-    curve: list[dict] = []
+    rc = L.cfg.rambo
+    infos = []
+    for k in range(L.n):
+        model, opt, act_fn = L.models[k], L.model_opts[k], L.member_act(k)
+        params = {n: p[k].detach() for n, p in L.critic.params().items()}
+        critic_k = lambda o, a: _call_with(L.critic.template[0], params, L.critic.buffers_dict(), k, o, a)
+        with seed_stream(L, k):
+            probe = buffers.other["obs"][:256], buffers.other["act"][:256]
+            with torch.no_grad():
+                before = model.mean_step(*probe)[0]
+            adv_sum, nll_sum, steps, obs = 0.0, 0.0, 0, None
+            while steps < rc.adv_steps:
+                if obs is None or steps % rc.horizon == 0:
+                    n_demo = int(round(rc.adv_batch * rc.rollout_demo_share))
+                    idx_d = torch.randint(0, buffers.n_demos, (n_demo,), device=L.device)
+                    idx_o = torch.randint(0, buffers.n_other, (rc.adv_batch - n_demo,), device=L.device)
+                    obs = torch.cat([buffers.demos["obs"][idx_d], buffers.other["obs"][idx_o]])
+                with torch.no_grad():
+                    act = act_fn(obs)
+                    next_obs, _ = model.step(obs, act)
+                    done = L.termination_fn(obs, act, next_obs).float()
+                    v_next = critic_k(next_obs, act_fn(next_obs)).min(0).values
+                    adv = td_target(L.reward(obs, act), v_next, done, L.bounds) - critic_k(obs, act).min(0).values
+                    adv = (adv - adv.mean()) / (adv.std() + 1e-6)
+                adv_loss = (model.log_prob(obs, act, next_obs) * adv).sum()
+                real_idx = torch.randint(0, buffers.n_other, (rc.adv_batch,), device=L.device)
+                nll = model.nll_loss(buffers.other["obs"][real_idx], buffers.other["act"][real_idx],
+                                     buffers.other["next_obs"][real_idx])
+                opt.zero_grad(set_to_none=True)
+                (rc.adv_weight * adv_loss + nll).backward()
+                opt.step()
+                adv_sum, nll_sum, steps = adv_sum + adv_loss.detach(), nll_sum + nll.detach(), steps + 1
+                alive = (done < 0.5) & torch.isfinite(next_obs).all(-1)
+                obs = torch.where(alive.unsqueeze(-1), next_obs, obs)
+            with torch.no_grad():
+                after = model.mean_step(*probe)[0]
+                scale = model.target_std[:model.obs_dim]
+                shift = ((after - before) / scale).pow(2).mean().sqrt()
+        infos.append({"model_adv_loss": adv_sum / steps, "model_nll": nll_sum / steps, "model_shift": shift})
+    return {key: torch.stack([torch.as_tensor(i[key], device=L.device) for i in infos]) for key in infos[0]}
+
+
+def _call_with(template: nn.Module, params: dict, buffers: dict, k: int, obs: torch.Tensor, act: torch.Tensor
+               ) -> torch.Tensor:
+    return functional_call(template, ({**params, **{n: b[k] for n, b in buffers.items()}}), (obs, act))
+
+
+# -- the training loop -------------------------------------------------------------------
+@torch.no_grad()
+def demo_mse(L: Learner, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+    """(S,) mean squared error of each seed's deterministic action on demonstrations."""
+    loc, _ = L.actor_dist(obs.unsqueeze(0).expand(L.n, -1, -1))
+    return (torch.tanh(loc) - act).pow(2).mean((1, 2))
+
+
+def log_rows(L: Learner, done: int, learning: bool, sums: dict[str, torch.Tensor], count: int,
+             demos: tuple[torch.Tensor, torch.Tensor], evaluate: Callable[[Policy], float] | None) -> list[dict]:
+    """One curve row per seed: the means since the last row (the loop's only read back to the host)."""
+    cfg = L.cfg
+    t = done - cfg.critic_pretrain_steps
+    means = {k: (v / count).tolist() for k, v in sums.items()}
+    mse = demo_mse(L, *demos).tolist()
+    evaluating = evaluate is not None and cfg.eval_every and learning and (t % cfg.eval_every == 0 or t == cfg.steps)
+    rows = []
+    for k in range(L.n):
+        row = {"step": t, "phase": "learn" if learning else "pretrain",
+               **{key: round(vals[k], 5) for key, vals in means.items()}, "demo_mse": round(mse[k], 5)}
+        if evaluating:
+            row["eval_return"] = round(evaluate(L.member_actor(k)), 1)
+        rows.append(row)
+    return rows
+
+
+def train(L: Learner, buffers: SeedBuffers, *, resume_path: Path | None = None, fingerprint: str = "",
+          evaluate: Callable[[Policy], float] | None = None) -> list[list[dict]]:
+    """Run ``cfg.critic_pretrain_steps`` of policy evaluation, then ``cfg.steps`` updates.
+
+    Returns one learning curve (list of rows) per seed. Host syncs happen only at log, rollout
+    and checkpoint points. A checkpoint at ``resume_path`` with the same fingerprint resumes.
+    Checkpoints are written at log boundaries, so a resumed run logs exactly the same rows.
+    """
+    cfg, rc = L.cfg, L.cfg.rambo
+    total = cfg.critic_pretrain_steps + cfg.steps
+    curves: list[list[dict]] = [[] for _ in L.seeds]
     first = 0
     if resume_path is not None and resume_path.exists():
-        ckpt = torch.load(resume_path, map_location=device, weights_only=True)
+        ckpt = torch.load(resume_path, map_location=L.device, weights_only=True)
         if ckpt.get("fingerprint") == fingerprint:
-            improver.load_state_dict(ckpt["improver"])
-            if model_buffer is not None:
-                model_buffer.load_state_dict(ckpt["model_buffer"])
-            torch.set_rng_state(ckpt["rng_cpu"])
-            if device.type == "cuda" and "rng_cuda" in ckpt:
-                torch.cuda.set_rng_state(ckpt["rng_cuda"], device)
-            curve, first = ckpt["curve"], int(ckpt["step"])
-            log.info("resumed %s from step %d (%s)", algo, first, resume_path)
+            L.load_state_dict(ckpt["learner"])
+            curves, first = ckpt["curves"], int(ckpt["step"])
+            log.info("resumed %s from step %d (%s)", L.algo, first, resume_path)
         else:
             log.info("ignoring %s: it was written with different inputs or params", resume_path)
 
-    def save_resume(step: int) -> None:
-        if resume_path is None:
-            return
-        from pipeline.utils import atomic_torch_save
-        state = {"fingerprint": fingerprint, "step": step, "curve": curve, "improver": improver.state_dict(),
-                 "rng_cpu": torch.get_rng_state()}
-        if model_buffer is not None:
-            state["model_buffer"] = model_buffer.state_dict()
-        if device.type == "cuda":
-            state["rng_cuda"] = torch.cuda.get_rng_state(device)
-        atomic_torch_save(state, resume_path)
-
-    demo_obs, demo_act = demo_subset(expert)
+    demo_obs, demo_act = buffers.demos["obs"][:10_000], buffers.demos["act"][:10_000]
     sums: dict[str, torch.Tensor] = {}
-    count = 0
-    start = time.time()
-    bar = tqdm(range(first, cfg.steps), desc=f"improve {algo}", initial=first, total=cfg.steps,
-               mininterval=2.0, unit="step")
-    schedule = cfg.awr.actor_schedule if algo == "awr" else "constant"   # RAMBO/SAC: constant (cosine: 33.1 -> 0.6)
+    count, start = 0, time.time()
+    schedule = cfg.awr.actor_schedule if L.spec.name in ("awr", "awr_uniform") else "constant"
+    bar = progress(range(first, total), desc=f"improve {L.algo} x{L.n}", initial=first, total=total, unit="step")
     for step in bar:
-        for group in improver.actor_opt.param_groups:  # stateless schedule: a resumed run gets the same rates
-            group["lr"] = actor_lr_at(step, cfg.actor_lr, cfg.steps, schedule)
-        if algo == "rambo":
-            if step % rcfg.rollout_every == 0:
-                idx = torch.randint(0, start_states.shape[0], (rcfg.rollout_starts,), device=device)
-                model_buffer.add(improver.model_rollout(start_states[idx], rcfg.horizon))
-            n_real = int(round(cfg.batch_size * rcfg.real_ratio))
-            real = mixed_batch(expert, suboptimal, n_real, cfg.expert_ratio)
-            fake = model_buffer.sample(cfg.batch_size - n_real)
-            info = improver.rambo_step({k: torch.cat([real[k], fake[k]]) for k in fake},
-                                       update_actor=step >= cfg.critic_warmup)
-            if (step + 1) % rcfg.adv_every == 0:
-                for _ in range(rcfg.adv_steps):
-                    idx = torch.randint(0, start_states.shape[0], (rcfg.adv_batch,), device=device)
-                    info.update(improver.adversarial_model_step(start_states[idx], suboptimal.sample(rcfg.adv_batch),
-                                                               rcfg.horizon))
+        learning = step >= cfg.critic_pretrain_steps          # before: policy evaluation, the actor is held
+        t = step - cfg.critic_pretrain_steps
+        if learning:
+            for group in L.actor_opt.param_groups:             # stateless schedule: resumes get the same rates
+                group["lr"] = actor_lr_at(t, L.actor_lr, cfg.steps, schedule)
+        info: dict[str, torch.Tensor] = {}
+        if L.spec.uses_model:
+            if step % rc.rollout_every == 0:
+                model_rollouts(L, buffers.start_states(rc.rollout_starts, rc.rollout_demo_share))
+            info = L.spec.update(L, real_and_model_batch(L, buffers), learning)
+            if learning and (t + 1) % rc.adv_every == 0 and rc.adv_steps > 0:
+                info.update(adversarial_model_phase(L, buffers))
+        elif L.spec.uses_value:
+            info = L.spec.update(L, buffers.mixed(cfg.batch_size, cfg.expert_ratio),
+                                 buffers.mixed(cfg.awr.actor_batch_size, cfg.expert_ratio), learning)
         else:
-            critic_batch = mixed_batch(expert, suboptimal, cfg.batch_size, cfg.expert_ratio)
-            actor_batch = mixed_batch(expert, suboptimal, cfg.awr.actor_batch_size, cfg.expert_ratio)
-            info = improver.awr_step(critic_batch, actor_batch, update_actor=step >= cfg.critic_warmup)
+            info = L.spec.update(L, buffers.mixed(cfg.batch_size, cfg.expert_ratio), learning)
         for k, v in info.items():
             sums[k] = sums.get(k, 0.0) + v
         count += 1
         done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            row = {"step": done, **{k: round(float(v) / count, 5) for k, v in sums.items()},
-                   "demo_mse": round(float(demo_mse(improver.actor, demo_obs, demo_act)), 5),
-                   "steps_per_s": round(count / max(time.time() - start, 1e-9), 1)}
-            if evaluate is not None and eval_every and (done % eval_every == 0 or done == cfg.steps):
-                row["eval_return"] = round(evaluate(improver.actor), 1)
-            curve.append(row)
-            bar.set_postfix({k: row[k] for k in ("q", "actor_loss", "eval_return") if k in row})
+        if done % cfg.log_every == 0 or done == total:
+            rows = log_rows(L, done, learning, sums, count, (demo_obs, demo_act), evaluate)
+            for curve, row in zip(curves, rows):
+                curve.append(row)
+            log.debug("%s step %d: %.1f updates/s", L.algo, done, count / max(time.time() - start, 1e-9))
+            bar.set_postfix(q=f"{rows[0]['q']:.1f}", actor=f"{rows[0]['actor_loss']:.3f}")
             sums, count, start = {}, 0, time.time()
-        if done % cfg.checkpoint_every == 0 and done < cfg.steps:
-            save_resume(done)
+            if resume_path is not None and done % cfg.checkpoint_every == 0 and done < total:
+                atomic_torch_save({"fingerprint": fingerprint, "step": done, "curves": curves,
+                                   "learner": L.state_dict()}, resume_path)
     bar.close()
-    return curve
+    return curves

@@ -184,13 +184,35 @@ def save_policy(policy: Policy, path, **extra) -> None:
 
 
 def load_policy(path, device: torch.device | str = "cpu") -> Policy:
-    """Rebuild a policy saved by `save_policy` (or the SAC trainer) on ``device``, in eval mode."""
+    """Rebuild a policy saved by `save_policy` (or the SAC trainer) on ``device``, in eval mode.
+
+    A missing, empty, truncated or foreign file is an ArtefactError naming the file and what a
+    policy checkpoint holds.
+    """
     from pathlib import Path
+
+    from pipeline.errors import ArtefactError
     path = Path(path)
+    expected = (f"expected a policy checkpoint written by save_policy (keys 'config' with 'kind' in "
+                f"{sorted(POLICY_KINDS)}, and 'state_dict'); re-run the stage that writes it (dvc repro)")
     if not path.exists():
-        from pipeline.stage import ArtefactError
         raise ArtefactError(f"{path}: policy checkpoint not found; run the stage that writes it (dvc repro)")
-    ckpt = torch.load(path, map_location=device, weights_only=True)
-    policy = policy_from_config(ckpt["config"])
-    policy.load_state_dict(ckpt["state_dict"])
+    if path.stat().st_size == 0:
+        raise ArtefactError(f"{path}: empty file; {expected}")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated / foreign files
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0]}" if str(exc) else type(exc).__name__
+        raise ArtefactError(f"{path}: truncated or not a torch checkpoint ({reason}); {expected}") from None
+    if not (isinstance(ckpt, dict) and isinstance(ckpt.get("config"), dict) and "state_dict" in ckpt
+            and ckpt["config"].get("kind") in POLICY_KINDS):
+        found = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ArtefactError(f"{path}: not a policy checkpoint (found {found}); {expected}")
+    try:
+        policy = policy_from_config(ckpt["config"])
+        policy.load_state_dict(ckpt["state_dict"])
+    except (TypeError, ValueError, RuntimeError, KeyError, AttributeError) as exc:
+        raise ArtefactError(f"{path}: checkpoint does not match its policy config "
+                            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                            f"{expected}") from None
     return policy.to(device).eval()

@@ -1,7 +1,7 @@
 """The offline HTML report: one page, PNG plots beside it, no network needed to view it.
 
 `build_report` reads the stages' artefacts under ``data_dir`` and writes ``out_dir``/index.html,
-the PNGs it links and scores.csv (for `dvc plots show`). Only data/evaluate/summary.json is
+the PNGs it links, scores.csv and learning_curves.csv (for `dvc plots show`). Only data/evaluate/summary.json is
 required; any other missing or unreadable artefact becomes a visible note in its section.
 """
 from __future__ import annotations
@@ -13,7 +13,6 @@ import logging
 import os
 import shutil
 import subprocess
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
@@ -23,7 +22,7 @@ import yaml
 from matplotlib.figure import Figure
 
 from pipeline.datasets import EpisodeDataset
-from pipeline.stage import ArtefactError
+from pipeline.errors import ArtefactError
 
 log = logging.getLogger("report")
 
@@ -143,26 +142,87 @@ def _git_revision(repo_dir: Path) -> str:
 
 
 def _dvc_revision(repo_dir: Path) -> tuple[str, str]:
-    """(sha256 of dvc.lock, md5 DVC recorded for data/evaluate)."""
+    """(sha256 of the upstream stages' dvc.lock entries, md5 DVC recorded for data/evaluate).
+
+    The report's own entry is left out: it is this page's hash, so hashing it would make every
+    run's page (and so dvc.lock) differ from the last.
+    """
     lock = repo_dir / "dvc.lock"
     if not lock.exists():
         return "not available (no dvc.lock yet)", "not available"
     text = lock.read_bytes()
     evaluate_md5 = "not available"
     try:
-        stage = (yaml.safe_load(text) or {}).get("stages", {}).get("evaluate", {})
-        for out in stage.get("outs", []):
+        stages = dict((yaml.safe_load(text) or {}).get("stages", {}))
+        stages.pop("report", None)
+        for out in stages.get("evaluate", {}).get("outs", []):
             if out.get("path") == "data/evaluate":
                 evaluate_md5 = str(out.get("md5", "not available"))
-    except (yaml.YAMLError, AttributeError):
-        pass
-    return hashlib.sha256(text).hexdigest()[:16], evaluate_md5
+    except (yaml.YAMLError, AttributeError, TypeError, ValueError):
+        return "not available (unreadable dvc.lock)", evaluate_md5
+    upstream = json.dumps(stages, sort_keys=True, default=str).encode()
+    return hashlib.sha256(upstream).hexdigest()[:16], evaluate_md5
 
 
 # -- sections --------------------------------------------------------------------------------
 def _ordered_groups(summary: dict) -> list[str]:
     aggregates = summary.get("aggregates", {})
     return [g for g in FIXED_GROUPS if g in aggregates] + [g for g in aggregates if g not in FIXED_GROUPS]
+
+
+NO_INTERVAL = "one run: no interval"
+
+
+def _interval(a: dict) -> str:
+    """'[low, high]' of a group's 95 % interval over runs, or the one-run note (no interval over episodes)."""
+    lo, hi = a.get("normalized_iqm_ci95_low"), a.get("normalized_iqm_ci95_high")
+    if a.get("runs", 0) < 2 or lo is None or hi is None:
+        return NO_INTERVAL
+    return f"[{_fmt(lo, 3)}, {_fmt(hi, 3)}]"
+
+
+def _per_run(a: dict, policies: dict) -> dict:
+    per_run = a.get("per_run")
+    if isinstance(per_run, dict):
+        return per_run
+    return {p: policies[p]["normalized_mean"] for p in a.get("policies", []) if p in policies}
+
+
+def _percent(x: object) -> str:
+    return f"{100 * x:.0f} %" if isinstance(x, (int, float)) and np.isfinite(x) else "n/a"
+
+
+def protocol_lines(summary: dict) -> list[str]:
+    """The fair-protocol lines under the aggregates: demonstrations' score, gap closed, ablations, seeds."""
+    aggregates, expert = summary.get("aggregates", {}), summary.get("expert_data", {})
+    protocol = summary.get("protocol", {}) if isinstance(summary.get("protocol"), dict) else {}
+    baseline = protocol.get("baseline", "bc")
+    demo = protocol.get("demo_score", expert.get("normalized"))
+    lines = []
+    gaps = summary.get("gap_closed")
+    if isinstance(gaps, dict) and gaps:
+        bc_iqm = aggregates.get(baseline, {}).get("normalized_iqm")
+        lines.append(f"<p><b>Gap closed</b> = (IQM<sub>algo</sub> - IQM<sub>{_e(baseline)}</sub>) / (demo score - "
+                     f"IQM<sub>{_e(baseline)}</sub>), with the demonstrations' own normalised score {_fmt(demo, 3)} "
+                     f"(mean normalised return of the selected expert episodes) and IQM<sub>{_e(baseline)}</sub> = "
+                     f"{_fmt(bc_iqm, 3)}: "
+                     + "; ".join(f"{_e(g)} {_percent(v) if v is not None else 'n/a (no gap: BC at or above the demos)'}"
+                                 for g, v in gaps.items()) + ".</p>")
+    ablations = summary.get("ablations")
+    if isinstance(ablations, dict) and ablations:
+        lines.append("<p><b>Ablations</b> (differences of IQMs): "
+                     + "; ".join(f"{_e(a.get('with'))} - {_e(a.get('without'))} = {a.get('iqm_difference', 0):+.1f} "
+                                 f"({_e(a.get('what', name))})" for name, a in ablations.items()) + ".</p>")
+    few = protocol.get("below_min_runs")
+    if few:
+        lines.append(f'<p class="meta">Fewer than {_e(protocol.get("min_quoted_runs", 3))} runs (not a quotable score '
+                     f'by the protocol): {_e(", ".join(few))}.</p>')
+    seed_notes = (("report_seeds", "reported scores: episode reset seeds"),
+                  ("tuning_seeds", "tuning / monitoring roll-outs (improve curve.tsv): within"))
+    seeds = [f"{what} {_fmt(protocol[key])}" for key, what in seed_notes if key in protocol]
+    if seeds:
+        lines.append('<p class="meta">Evaluation seeds, disjoint by construction: ' + "; ".join(seeds) + ".</p>")
+    return lines
 
 
 def scores_section(summary: dict, figs: _Figures, out_dir: Path) -> str:
@@ -185,48 +245,69 @@ def scores_section(summary: dict, figs: _Figures, out_dir: Path) -> str:
         f'Deterministic actions; episode seeds {_fmt(summary.get("episode_seeds", "?"))} for every policy.</p>',
         _table(["policy", "what", "return mean", "return std", "normalised mean", "normalised std", "episodes"], rows)]
     groups = _ordered_groups(summary)
+    gaps = summary.get("gap_closed") if isinstance(summary.get("gap_closed"), dict) else {}
     if groups:
-        parts.append("<p>Aggregates over runs (seeds): mean and inter-quartile mean (IQM) of the runs' mean "
-                     "normalised scores; 95 % interval of the IQM by a hierarchical bootstrap (runs, then "
-                     "episodes).</p>")
-        parts.append(_table(["algorithm", "runs", "normalised mean", "IQM", "95 % CI low", "95 % CI high"],
-                            [[g, ", ".join(aggregates[g].get("policies", [])), aggregates[g].get("normalized_mean"),
-                              aggregates[g].get("normalized_iqm"), aggregates[g].get("normalized_iqm_ci95_low"),
-                              aggregates[g].get("normalized_iqm_ci95_high")] for g in groups]))
+        parts.append("<p>Per group: inter-quartile mean (IQM) of the runs' mean normalised scores, its 95 % interval "
+                     "by a bootstrap over runs (seeds, not one run's episodes; a group with one run has none), "
+                     "and each run's score.</p>")
+        parts.append(_table(["group", "runs", "IQM [95 % CI over runs]", "per-run normalised means", "gap closed"],
+                            [[g, aggregates[g].get("runs", len(aggregates[g].get("policies", []))),
+                              f"{_fmt(aggregates[g].get('normalized_iqm'), 3)} {_interval(aggregates[g])}",
+                              ", ".join(f"{n} {_fmt(v, 3)}" for n, v in _per_run(aggregates[g], policies).items()),
+                              _percent(gaps[g]) if gaps.get(g) is not None else ("n/a" if g in gaps else "")]
+                             for g in groups]))
+        parts.extend(protocol_lines(summary))
     parts.append(figs.save(_scores_figure(summary), "scores.png", "normalised scores"))
-    table = pd.DataFrame([{"name": n, **{k: r.get(k) for k in ("normalized_mean", "normalized_std", "return_mean")}}
-                          for n, r in policies.items()]
+    member_of = {p: (g, a) for g, a in aggregates.items() for p in a.get("policies", [])}
+
+    def group_columns(name: str) -> dict:
+        if name not in member_of:
+            return {"group": name, "group_iqm": None, "group_ci95_low": None, "group_ci95_high": None}
+        g, a = member_of[name]
+        return {"group": g, "group_iqm": a.get("normalized_iqm"), "group_ci95_low": a.get("normalized_iqm_ci95_low"),
+                "group_ci95_high": a.get("normalized_iqm_ci95_high")}
+
+    table = pd.DataFrame([{"name": n, **{k: r.get(k) for k in ("normalized_mean", "normalized_std", "return_mean")},
+                           **group_columns(n)} for n, r in policies.items()]
                          + ([{"name": "expert_data", "normalized_mean": expert.get("normalized"),
-                              "normalized_std": 0.0, "return_mean": expert.get("return_mean")}] if expert else []))
+                              "normalized_std": 0.0, "return_mean": expert.get("return_mean"),
+                              "group": "expert_data", "group_iqm": expert.get("normalized")}] if expert else []))
     table.to_csv(out_dir / "scores.csv", index=False)
     return "\n".join(parts)
 
 
 def _scores_figure(summary: dict) -> Figure:
-    """Bars: each group's IQM with its 95 % interval, dots: individual runs; plus the expert data."""
+    """Bars: each group's IQM with its 95 % interval over runs (none for a one-run group), dots: individual
+    runs; plus the expert data."""
     policies, aggregates = summary["policies"], summary.get("aggregates", {})
-    labels, heights, lows, highs, dots = [], [], [], [], []
+    labels, heights, lows, highs, dots, single = [], [], [], [], [], []
     for g in _ordered_groups(summary):
         a = aggregates[g]
         labels.append(g)
         heights.append(a["normalized_iqm"])
-        lows.append(a["normalized_iqm"] - a["normalized_iqm_ci95_low"])
-        highs.append(a["normalized_iqm_ci95_high"] - a["normalized_iqm"])
-        dots.append([policies[p]["normalized_mean"] for p in a.get("policies", []) if p in policies])
-    if not labels:  # no aggregates recorded: one bar per policy
+        has_ci = _interval(a) != NO_INTERVAL
+        lows.append(a["normalized_iqm"] - a["normalized_iqm_ci95_low"] if has_ci else 0.0)
+        highs.append(a["normalized_iqm_ci95_high"] - a["normalized_iqm"] if has_ci else 0.0)
+        single.append(not has_ci)
+        dots.append(list(_per_run(a, policies).values()))
+    if not labels:  # no aggregates recorded: one bar per policy, no interval
         for name, r in policies.items():
             labels.append(name)
             heights.append(r["normalized_mean"])
-            lows.append(r.get("normalized_std", 0.0))
-            highs.append(r.get("normalized_std", 0.0))
+            lows.append(0.0)
+            highs.append(0.0)
             dots.append([])
+            single.append(True)
     expert = summary.get("expert_data", {})
     fig = Figure(figsize=(max(5.0, 1.1 * (len(labels) + 1)), 3.8))
     ax = fig.add_subplot()
     x = np.arange(len(labels))
-    ax.bar(x, heights, yerr=[lows, highs], capsize=4, color="tab:blue", alpha=0.8, label="IQM, 95 % CI")
+    ax.bar(x, heights, yerr=[lows, highs], capsize=4, color="tab:blue", alpha=0.8, label="IQM, 95 % CI over runs")
     for i, d in enumerate(dots):
         ax.scatter(np.full(len(d), x[i]), d, color="k", s=14, zorder=3, label="runs (seeds)" if i == 0 else None)
+        if single[i]:
+            ax.annotate(NO_INTERVAL, (x[i], heights[i]), textcoords="offset points", xytext=(0, 4), ha="center",
+                        fontsize=6, rotation=90, va="bottom")
     if "normalized" in expert:
         ax.bar([len(labels)], [expert["normalized"]], color=COLORS["expert"], alpha=0.8, label="expert data")
         labels.append("expert data")
@@ -267,7 +348,7 @@ def data_section(data_dir: Path, figs: _Figures) -> str:
 
 
 def bc_section(data_dir: Path, figs: _Figures) -> str:
-    parts = [_kv_table(_json(data_dir / "bc" / "metrics.json"))]
+    parts = [_kv_table(_json(data_dir / "bc" / "details.json"))]
     curve = _tsv(data_dir / "bc" / "curve.tsv")
     baseline_path = data_dir / "bc" / "baseline_curve.tsv"
     baseline = pd.read_csv(baseline_path, sep="\t") if baseline_path.exists() else None
@@ -296,7 +377,7 @@ def bc_section(data_dir: Path, figs: _Figures) -> str:
 
 
 def reward_section(data_dir: Path, figs: _Figures) -> str:
-    metrics = _json(data_dir / "reward" / "metrics.json")
+    metrics = _json(data_dir / "reward" / "details.json")
     parts = [_kv_table(metrics, ["expert_mean", "suboptimal_mean", "auc"]
                        + [k for k in _flatten(metrics) if k not in ("expert_mean", "suboptimal_mean", "auc")])]
     hist = _tsv(data_dir / "reward" / "histogram.csv", sep=",")
@@ -314,7 +395,7 @@ def reward_section(data_dir: Path, figs: _Figures) -> str:
 
 
 def dynamics_section(data_dir: Path, figs: _Figures) -> str:
-    metrics = _json(data_dir / "dynamics" / "metrics.json")
+    metrics = _json(data_dir / "dynamics" / "details.json")
     keys = ["holdout_mse", "elites", "multistep.mse", "multistep.baseline_mse"]
     flat = _flatten(metrics)
     parts = [_kv_table(metrics, keys + [k for k in flat if k not in keys and not isinstance(flat[k], (list, dict))])]
@@ -351,12 +432,16 @@ def dynamics_section(data_dir: Path, figs: _Figures) -> str:
     return "\n".join(parts)
 
 
+# learning_curves.csv: every improve run's curve in one long table, for `dvc plots show` (one line per run)
+LEARNING_CURVE_COLUMNS = ["run", "step", "eval_return", "demo_mse"]
+
+
 def improve_section(data_dir: Path, run_names: list[str], figs: _Figures) -> str:
     if not run_names:
         return _note("no improve runs in data/evaluate/summary.json")
-    parts = []
+    parts, long = [], []
     for name in run_names:
-        curve_path = data_dir / "improve" / name / "curve.tsv"
+        curve_path = data_dir / "improve" / name.rsplit("-", 1)[0] / name / "curve.tsv"     # <algo>/<algo>-<seed>
         if not curve_path.exists():
             parts.append(f"<h3>{_e(name)}</h3>" + _note(f"missing: {curve_path}"))
             continue
@@ -365,6 +450,7 @@ def improve_section(data_dir: Path, run_names: list[str], figs: _Figures) -> str
             columns = [c for c in curve.columns if c != "step" and pd.api.types.is_numeric_dtype(curve[c])]
             if "step" not in curve.columns or not columns:
                 raise ValueError(f"{curve_path}: needs a step column and numeric columns, has {list(curve.columns)}")
+            long.append(curve.assign(run=name).reindex(columns=LEARNING_CURVE_COLUMNS))
             cols = min(4, len(columns))
             rows = -(-len(columns) // cols)
             fig = Figure(figsize=(3.4 * cols, 2.6 * rows))
@@ -378,6 +464,8 @@ def improve_section(data_dir: Path, run_names: list[str], figs: _Figures) -> str
         except Exception as exc:
             log.warning("improve curve %s could not be plotted", curve_path, exc_info=True)
             parts.append(f"<h3>{_e(name)}</h3>" + _note(f"could not plot {curve_path}: {type(exc).__name__}: {exc}"))
+    table = pd.concat(long) if long else pd.DataFrame(columns=LEARNING_CURVE_COLUMNS)
+    table.to_csv(figs.out_dir / "learning_curves.csv", index=False)
     return "\n".join(parts)
 
 
@@ -428,8 +516,7 @@ def build_report(data_dir: Path = Path("data"), out_dir: Path = Path("data/repor
 <body>
 <h1>Offline imitation learning report</h1>
 <p class="meta">Environment {_e(summary.get("env_id", "?"))} &middot; git commit {_e(_git_revision(Path(repo_dir)))}
-&middot; dvc.lock sha256 {_e(lock_hash)} &middot; data/evaluate md5 (dvc.lock) {_e(evaluate_md5)}
-&middot; generated {_e(datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))}</p>
+&middot; dvc.lock sha256 (upstream stages) {_e(lock_hash)} &middot; data/evaluate md5 (dvc.lock) {_e(evaluate_md5)}</p>
 <nav>{nav}</nav>
 {chr(10).join(sections)}
 </body></html>

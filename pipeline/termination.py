@@ -28,12 +28,10 @@ from typing import Callable
 
 import torch
 
-from pipeline.config import ParamsError
+from pipeline.envs import env_family
+from pipeline.errors import ParamsError
 
 TerminationFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
-MODES = ("auto", "none", "bounds")
-
 
 def hopper_terminated(next_obs: torch.Tensor) -> torch.Tensor:
     height, angle, rest = next_obs[:, 0], next_obs[:, 1], next_obs[:, 1:]
@@ -72,23 +70,17 @@ RULES: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], tuple[int, ...]]]
 }
 
 
-def env_family(env_id: str) -> str:
-    """'Hopper-v5' -> 'hopper'; 'mujoco/Walker2d-v5' -> 'walker2d'."""
-    return env_id.rsplit("/", 1)[-1].split("-", 1)[0].lower()
-
-
 def make_termination_fn(env_id: str, mode: str = "auto", obs_bound: float = 100.0,
                         obs_dim: int | None = None) -> TerminationFn:
     """Build the termination rule for ``env.id`` / ``env.termination`` / ``env.obs_bound``.
 
-    ``obs_dim`` (optional) is checked against the known layouts of ``env_id`` in ``auto``
-    mode, so a dataset from another environment fails here instead of silently using the
-    wrong rule.
+    ``mode`` and ``obs_bound`` are validated params (`pipeline.config`). ``obs_dim`` (optional)
+    is checked against the known layouts of ``env_id`` in ``auto`` mode, so a dataset from
+    another environment fails here instead of silently using the wrong rule; an ``env_id``
+    without a known rule fails too (both depend on the rule table here and on the data).
     """
-    if mode not in MODES:
-        raise ParamsError(f"params.yaml: 'env.termination' must be auto, none or bounds, got {mode!r}")
-    if not obs_bound > 0:
-        raise ParamsError(f"params.yaml: 'env.obs_bound' must be > 0, got {obs_bound!r}")
+    if mode not in ("auto", "none", "bounds") or not obs_bound > 0:
+        raise ValueError(f"mode must be auto, none or bounds and obs_bound > 0, got {mode!r}, {obs_bound!r}")
     if mode == "none":
         def no_termination(obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
             return torch.zeros(next_obs.shape[0], dtype=torch.bool, device=next_obs.device)

@@ -1,8 +1,9 @@
-"""Stage dynamics: train the ensemble dynamics model on every ingested transition.
+"""Stage dynamics: train the ensemble dynamics model on the ingested transitions.
 
-Reads data/ingested/expert.h5 and suboptimal.h5 (the suboptimal pool already holds the
-selected expert episodes when data.expert.add_to_suboptimal is true, so they are not
-added twice). Writes data/dynamics/model.pt, data/dynamics/metrics.json and
+Trains on the suboptimal sources (data/ingested/suboptimal.h5) plus, when
+data.expert.add_to_suboptimal is true, the expert episodes (data/ingested/expert.h5).
+Writes data/dynamics/model.pt, data/dynamics/metrics.json (holdout and 5-step errors: what
+runs compare), data/dynamics/details.json (per member, elites, epochs) and
 data/dynamics/curve.tsv (one row per epoch).
 """
 from __future__ import annotations
@@ -16,9 +17,10 @@ import pandas as pd
 
 from pipeline.config import load_params
 from pipeline.datasets import EpisodeDataset
-from pipeline.dynamics import (EnsembleDynamics, check_config, fit_dynamics, multistep_error, save_dynamics,
+from pipeline.dynamics import (EnsembleDynamics, fit_dynamics, multistep_error, save_dynamics,
                                split_heldout_episodes)
-from pipeline.stage import ArtefactError, run_stage
+from pipeline.errors import ArtefactError
+from pipeline.stage import run_stage
 from pipeline.termination import make_termination_fn
 from pipeline.utils import atomic_json, atomic_write, resolve_device, seed_everything
 
@@ -28,12 +30,13 @@ MIN_TRANSITIONS = 100
 log = logging.getLogger("dynamics")
 
 
-def training_pool(add_expert_to_suboptimal: bool) -> EpisodeDataset:
+def training_pool(with_expert: bool) -> EpisodeDataset:
+    """The suboptimal sources, followed by the expert episodes when ``with_expert``."""
     expert, suboptimal = EpisodeDataset.load(EXPERT), EpisodeDataset.load(SUBOPTIMAL)
     if (expert.obs_dim, expert.act_dim) != (suboptimal.obs_dim, suboptimal.act_dim):
         raise ArtefactError(f"{EXPERT} has obs/act dims ({expert.obs_dim}, {expert.act_dim}) but {SUBOPTIMAL} has "
                             f"({suboptimal.obs_dim}, {suboptimal.act_dim}); re-run `dvc repro ingest`")
-    pool = suboptimal if add_expert_to_suboptimal else EpisodeDataset.concatenate([expert, suboptimal])
+    pool = EpisodeDataset.concatenate([suboptimal, expert]) if with_expert else suboptimal
     if pool.n_transitions < MIN_TRANSITIONS:
         raise ArtefactError(f"{SUBOPTIMAL}: only {pool.n_transitions} transitions to train the dynamics model on "
                             f"(need >= {MIN_TRANSITIONS}); add suboptimal data in params.yaml")
@@ -47,7 +50,6 @@ def main() -> None:
     start = time.time()
     params = load_params()
     cfg, env = params.dynamics, params.env
-    check_config(cfg)
     device = resolve_device(params.device)
     seed_everything(params.seed)
     pool = training_pool(params.data.expert.add_to_suboptimal)
@@ -71,21 +73,25 @@ def main() -> None:
         log.warning("no episode of length >= %d to hold out: multi-step check skipped", cfg.multistep_horizon)
 
     elite_mse = [result.holdout_mse[i] for i in result.elites]
-    metrics = {"holdout_mse": float(np.mean(elite_mse)),
+    details = {"holdout_mse": float(np.mean(elite_mse)),
                "holdout_mse_members": result.holdout_mse,
                "elites": result.elites,
                "epochs": result.epochs, "steps": result.steps, "stopped_early": result.stopped_early,
-               "wall_s": round(time.time() - start, 1), "train_wall_s": round(result.wall_s, 1),
                "train_transitions": result.n_train, "holdout_transitions": result.n_holdout,
                "multistep": multistep}
+    metrics = {"holdout_mse": details["holdout_mse"],
+               **({"multistep_mse": multistep["mse"], "multistep_baseline_mse": multistep["baseline_mse"]}
+                  if multistep else {})}
     save_dynamics(model, OUT / "model.pt", termination=termination, metrics={"holdout_mse": metrics["holdout_mse"]})
     atomic_write(OUT / "curve.tsv", lambda p: pd.DataFrame(result.curve).to_csv(p, sep="\t", index=False))
+    atomic_json(details, OUT / "details.json")
     atomic_json(metrics, OUT / "metrics.json")
-    log.info("holdout MSE (elites) %.4f | %d-step MSE %s vs constant-state %s | %d epochs, %.0fs",
+    log.info("holdout MSE (elites) %.4f | %d-step MSE %s vs constant-state %s | %d epochs, %.0fs (stage %.0fs)",
              metrics["holdout_mse"], cfg.multistep_horizon,
              f"{multistep['mse']:.4f}" if multistep else "n/a",
-             f"{multistep['baseline_mse']:.4f}" if multistep else "n/a", result.epochs, result.wall_s)
+             f"{multistep['baseline_mse']:.4f}" if multistep else "n/a", result.epochs, result.wall_s,
+             time.time() - start)
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, __doc__)

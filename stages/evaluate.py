@@ -2,8 +2,11 @@
 
 Policies: `bc` (data/bc/baseline.pt, plain BC), `bc-<seed>` (data/bc/baselines/, the extra plain BC
 seeds when `bc.baseline_seeds` > 1; the `bc` aggregate covers them all), `csil_bc` (data/bc/policy.pt,
-CSIL's HetStat BC) and `<algo>-<seed>` for each algo x seed in params (data/improve/<algo>-<seed>/policy.pt).
-Writes data/evaluate/<name>/metrics.json and data/evaluate/summary.json.
+CSIL's HetStat BC) and `<algo>-<seed>` for each algo x seed in params (data/improve/<algo>/<algo>-<seed>/policy.pt).
+Writes data/evaluate/<name>/metrics.json (per-episode returns), data/evaluate/summary.json (rows,
+aggregates, gap closed, ablations, protocol) and data/evaluate/scores.json (IQMs, gap closed and
+normalised means: what runs compare). Episodes are reset from the reported seed range, disjoint from
+the tuning seeds improve's monitoring roll-outs use (pipeline/evaluation.py REPORT_SEED_BASE, TUNING_SEED_BASE).
 """
 from __future__ import annotations
 
@@ -16,16 +19,16 @@ from pathlib import Path
 import h5py
 
 from pipeline.bc import baseline_seeds
-from pipeline.config import Params, load_params
-from pipeline.evaluation import dataset_reference, evaluate_policy, reference_scores, score_row, summarize
+from pipeline.config import MAX_EVAL_EPISODES, Params, load_params
+from pipeline.evaluation import (compared_scores, dataset_reference, evaluate_policy, reference_scores, report_seed,
+                                 score_row, seed_span, summarize, tuning_seed)
+from pipeline.errors import ArtefactError
 from pipeline.policies import load_policy
-from pipeline.stage import ArtefactError, run_stage
-from pipeline.utils import atomic_json, resolve_device
+from pipeline.stage import run_stage
+from pipeline.utils import atomic_json, progress, resolve_device
 
 OUT = Path("data/evaluate")
 INGESTED = Path("data/ingested")
-# Evaluation start states are disjoint from the seeds the embedded datasets were collected with.
-EVAL_SEED_BASE = 1_000_000
 log = logging.getLogger("evaluate")
 
 
@@ -42,7 +45,7 @@ def policy_paths(params: Params) -> dict[str, Path]:
     paths["csil_bc"] = Path("data/bc/policy.pt")
     for algo in params.improve.algos:
         for seed in params.improve.seeds:
-            paths[f"{algo}-{seed}"] = Path(f"data/improve/{algo}-{seed}/policy.pt")
+            paths[f"{algo}-{seed}"] = Path(f"data/improve/{algo}/{algo}-{seed}/policy.pt")
     return paths
 
 
@@ -82,18 +85,21 @@ def main() -> None:
     ref = reference_scores(params.env.id, params.env.ref_scores, dataset_reference(ingested, expert_meta))
     log.info("normalising with %s: random %.3f, expert %.3f", ref.source, ref.low, ref.high)
 
-    seed = EVAL_SEED_BASE * (params.seed + 1)
+    seed = report_seed(params.seed)
     rows: dict[str, dict] = {}
-    for name, path in paths.items():
+    for name, path in progress(paths.items(), desc="evaluate", total=len(paths), unit="policy"):
         start = time.time()
         result = evaluate_policy(load_policy(path, device), params.env.id, cfg.episodes, seed, cfg.n_envs, device)
         rows[name] = score_row(result, ref)
         log.info("%-12s return %8.1f +- %6.1f  normalised %6.1f  (%.0fs)", name, rows[name]["return_mean"],
                  rows[name]["return_std"], rows[name]["normalized_mean"], time.time() - start)
 
+    protocol = {"report_seeds": seed_span(seed, cfg.episodes),
+                "tuning_seeds": seed_span(tuning_seed(), MAX_EVAL_EPISODES),   # improve.eval_episodes of them
+                "tuning_seeds_used_by": "stage improve's monitoring roll-outs (curve.tsv eval_return)"}
     summary = {"env_id": params.env.id, **summarize(rows, policy_groups(params), ref,
                                                      float(ingested["expert"]["return_mean"]), cfg.bootstrap,
-                                                     params.seed)}
+                                                     params.seed, protocol)}
 
     OUT.mkdir(parents=True, exist_ok=True)
     for stale in OUT.iterdir():
@@ -102,10 +108,16 @@ def main() -> None:
     for name, row in rows.items():
         atomic_json(row, OUT / name / "metrics.json")
     atomic_json(summary, OUT / "summary.json")
+    atomic_json(compared_scores(summary), OUT / "scores.json")
     for group, agg in summary["aggregates"].items():
-        log.info("%-8s IQM %.1f [%.1f, %.1f] over %d run(s)", group, agg["normalized_iqm"],
-                 agg["normalized_iqm_ci95_low"], agg["normalized_iqm_ci95_high"], agg["runs"])
+        interval = ("one run: no interval" if agg["normalized_iqm_ci95_low"] is None else
+                    f"[{agg['normalized_iqm_ci95_low']:.1f}, {agg['normalized_iqm_ci95_high']:.1f}]")
+        gap = summary["gap_closed"].get(group)
+        log.info("%-12s IQM %6.1f %s over %d run(s)%s", group, agg["normalized_iqm"], interval, agg["runs"],
+                 f", gap closed {100 * gap:.0f} %" if gap is not None else "")
+    for name, ab in summary["ablations"].items():
+        log.info("ablation %s: %s - %s = %+.1f", name, ab["with"], ab["without"], ab["iqm_difference"])
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, __doc__)

@@ -1,9 +1,12 @@
-"""Stage improve@<algo>-<seed>: offline policy improvement on the coherent reward.
+"""Stage improve@<algo>: offline policy improvement on the coherent reward, every seed of
+`improve.seeds` at once (one vectorised model, see pipeline/improvement.py).
 
-The actor starts from BC stage 1 (data/bc/stage1.pt); the reward and the KL reference
-come from BC stage 2 (data/bc/policy.pt); rambo also uses data/dynamics/model.pt.
-Writes data/improve/<algo>-<seed>/policy.pt, metrics.json, curve.tsv. A killed run
-resumes from data/improve/<algo>-<seed>/resume.pt (removed when the run completes).
+Reads the demonstrations' training rows (the split BC uses: held-out rows stay held out for every
+method), the other data, their coherent rewards from the reward stage (data/reward/rewards.h5), the
+BC stage-1 actor it starts from and the stage-2 policy (KL reference; the reward of model
+transitions); rambo also data/dynamics/model.pt and the termination rule stored with it.
+Writes data/improve/<algo>/<algo>-<seed>/{policy.pt, metrics.json, curve.tsv} per seed. A killed
+run resumes from data/.resume/improve-<algo>.pt (outside every tracked output).
 """
 from __future__ import annotations
 
@@ -15,89 +18,117 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pandas as pd
 import torch
 
+from pipeline.bc import expert_split_rows
 from pipeline.config import load_params
 from pipeline.datasets import EpisodeDataset
-from pipeline.improvement import Bounds, Improver, TransitionBuffer, demo_mse, demo_subset, train
+from pipeline.errors import ArtefactError
+from pipeline.improvement import ALGORITHMS, Bounds, Learner, SeedBuffers, demo_mse, train
 from pipeline.policies import load_policy, save_policy
-from pipeline.reward import coherent_reward_batched, resolve_alpha
-from pipeline.stage import ArtefactError, run_stage
-from pipeline.utils import atomic_json, atomic_write, resolve_device, seed_everything
+from pipeline.stage import run_stage
+from pipeline.utils import atomic_json, atomic_write, resolve_device
 
+INPUTS = ["data/ingested/expert.h5", "data/ingested/suboptimal.h5", "data/reward/rewards.h5",
+          "data/bc/policy.pt", "data/bc/stage1.pt"]
 log = logging.getLogger("improve")
-INPUTS = ["data/ingested/expert.h5", "data/ingested/suboptimal.h5", "data/bc/policy.pt", "data/bc/stage1.pt"]
 
 
-def fingerprint(algo: str, seed: int, params_section: dict, inputs: list[str]) -> str:
-    h = hashlib.sha256(json.dumps([algo, seed, params_section], sort_keys=True, default=str).encode())
+def run_dir(algo: str, seed: int) -> Path:
+    return Path("data/improve") / algo / f"{algo}-{seed}"
+
+
+def fingerprint(algo: str, sections: dict, inputs: list[str]) -> str:
+    h = hashlib.sha256(json.dumps([algo, sections], sort_keys=True, default=str).encode())
     for path in inputs:
         h.update(Path(path).read_bytes())
     return h.hexdigest()
 
 
+def read_rewards(path: Path, n_expert: int, n_other: int) -> tuple[np.ndarray, np.ndarray, float]:
+    if not path.exists():
+        raise ArtefactError(f"{path}: coherent rewards not found; run `dvc repro reward`")
+    with h5py.File(path, "r") as f:
+        r_exp, r_other, alpha = f["expert"][:], f["suboptimal"][:], float(f.attrs["alpha"])
+    if (len(r_exp), len(r_other)) != (n_expert, n_other):
+        raise ArtefactError(f"{path}: {len(r_exp)} / {len(r_other)} rewards for {n_expert} / {n_other} "
+                            f"ingested transitions; run `dvc repro reward`")
+    return r_exp, r_other, alpha
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--algo", required=True, choices=["awr", "rambo"])
-    parser.add_argument("--seed", required=True, type=int)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--algo", required=True, help=f"one of: {', '.join(ALGORITHMS)} (improve.algos)")
     args = parser.parse_args()
     params = load_params()
+    if args.algo not in params.improve.algos:
+        raise ArtefactError(f"--algo {args.algo}: not in params.yaml improve.algos {params.improve.algos}")
     cfg = params.improve
     device = resolve_device(params.device)
-    seed_everything(args.seed)
-    out = Path("data/improve") / f"{args.algo}-{args.seed}"
+    seeds = [int(s) for s in cfg.seeds]
 
     expert = EpisodeDataset.load("data/ingested/expert.h5")
-    suboptimal = EpisodeDataset.load("data/ingested/suboptimal.h5")
+    other = EpisodeDataset.load("data/ingested/suboptimal.h5")
+    r_exp, r_other, alpha = read_rewards(Path("data/reward/rewards.h5"), expert.n_transitions, other.n_transitions)
     bc = load_policy("data/bc/policy.pt", device)
     actor = load_policy("data/bc/stage1.pt", device)
     if (bc.obs_dim, bc.act_dim) != (expert.obs_dim, expert.act_dim):
         raise ArtefactError("data/bc/policy.pt does not match data/ingested dims; rerun `dvc repro bc`")
-    alpha = resolve_alpha(params.reward.alpha, expert.act_dim)
+    train_rows, _ = expert_split_rows(expert, params.bc.val_fraction, params.seed)
 
-    def buffer(d: EpisodeDataset) -> TransitionBuffer:
+    def tensors(d: EpisodeDataset, rew: np.ndarray, rows: np.ndarray | None = None) -> dict[str, torch.Tensor]:
         data = d.to_torch(device)
-        data["rew"] = coherent_reward_batched(bc, data["obs"], data["act"], alpha).clamp(min=params.reward.r_min)
         data.pop("rew_env", None)
-        return TransitionBuffer(data)
+        data["rew"] = torch.as_tensor(rew, device=device).clamp(min=params.reward.r_min)
+        return {k: v[torch.as_tensor(rows, device=device)] for k, v in data.items()} if rows is not None else data
 
-    expert_buf, sub_buf = buffer(expert), buffer(suboptimal)
-    bounds = Bounds(r_min=params.reward.r_min, r_max=float(expert_buf.data["rew"].max()), gamma=cfg.gamma)
+    demos, rest = tensors(expert, r_exp, train_rows), tensors(other, r_other)
+    bounds = Bounds(r_min=params.reward.r_min, r_max=float(demos["rew"].max()), gamma=cfg.gamma)
     dynamics, termination_fn, inputs = None, None, list(INPUTS)
-    if args.algo == "rambo":
+    if ALGORITHMS[args.algo].uses_model:
         from pipeline.dynamics import load_dynamics
         from pipeline.termination import make_termination_fn
         dynamics = load_dynamics("data/dynamics/model.pt", device)
-        termination_fn = make_termination_fn(params.env.id, params.env.termination, params.env.obs_bound)
+        rule = dynamics.termination   # the rule the model was trained and checked with
+        if rule is None:
+            raise ArtefactError("data/dynamics/model.pt: no termination settings stored; run `dvc repro dynamics`")
+        termination_fn = make_termination_fn(rule["env_id"], rule["mode"], rule["obs_bound"])
         inputs.append("data/dynamics/model.pt")
-    demos = demo_subset(expert_buf)
-    reference_mse = {"start_demo_mse": float(demo_mse(actor, *demos)), "csil_bc_demo_mse": float(demo_mse(bc, *demos))}
-    improver = Improver(actor, bc, cfg, bounds, alpha, device, dynamics, termination_fn)
-    if cfg.compile:
-        improver.critic = torch.compile(improver.critic)
 
+    learner = Learner(args.algo, actor, bc, cfg, bounds, alpha, seeds, device, dynamics, termination_fn)
+    buffers = SeedBuffers(demos, rest, bc, learner.rng)
+    demo_probe = demos["obs"][:10_000], demos["act"][:10_000]
+    start_mse = float(demo_mse(learner, *demo_probe)[0])
     evaluate = None
     if cfg.eval_every:
-        from pipeline.evaluation import evaluate_policy
-        evaluate = lambda policy: evaluate_policy(policy, params.env.id, cfg.eval_episodes, seed=12345,
+        from pipeline.evaluation import evaluate_policy, tuning_seed
+        evaluate = lambda policy: evaluate_policy(policy, params.env.id, cfg.eval_episodes, seed=tuning_seed(),
                                                   n_envs=min(cfg.eval_episodes, params.evaluate.n_envs),
                                                   device=device)["return_mean"]
+    resume = Path("data/.resume") / f"improve-{args.algo}.pt"
+    resume.parent.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    curve = train(improver, args.algo, expert_buf, sub_buf, sub_buf.data["obs"], resume_path=out / "resume.pt",
-                  fingerprint=fingerprint(args.algo, args.seed, asdict(cfg) | {"reward": asdict(params.reward)},
-                                          inputs),
-                  evaluate=evaluate, eval_every=cfg.eval_every)
+    curves = train(learner, buffers, resume_path=resume, evaluate=evaluate,
+                   fingerprint=fingerprint(args.algo, {"improve": asdict(cfg), "reward": asdict(params.reward),
+                                                       "val_fraction": params.bc.val_fraction, "seed": params.seed},
+                                           inputs))
     wall = time.time() - start
-    last = curve[-1] if curve else {}
-    metrics = {"algo": args.algo, "seed": args.seed, "steps": cfg.steps, "wall_s": round(wall, 1),
-               "r_min": bounds.r_min, "r_max": bounds.r_max, "alpha": alpha, **reference_mse,
-               **{f"final_{k}": v for k, v in last.items() if k != "step"}}
-    save_policy(improver.actor, out / "policy.pt", algo=args.algo, seed=args.seed, steps=cfg.steps)
-    atomic_write(out / "curve.tsv", lambda p: pd.DataFrame(curve).to_csv(p, sep="\t", index=False))
-    atomic_json(metrics, out / "metrics.json")
-    (out / "resume.pt").unlink(missing_ok=True)
-    log.info("%s-%d: %d steps in %.0fs; last row %s", args.algo, args.seed, cfg.steps, wall, last)
+    for k, seed in enumerate(seeds):
+        out, curve = run_dir(args.algo, seed), curves[k]
+        last = curve[-1] if curve else {}
+        metrics = {"algo": args.algo, "seed": seed, "steps": cfg.steps, "critic_pretrain_steps": cfg.critic_pretrain_steps,
+                   "demo_transitions": int(len(train_rows)), "r_min": bounds.r_min, "r_max": bounds.r_max,
+                   "alpha": alpha, "start_demo_mse": round(start_mse, 5),
+                   **{f"final_{key}": v for key, v in last.items() if key not in ("step", "phase")}}
+        save_policy(learner.member_actor(k), out / "policy.pt", algo=args.algo, seed=seed, steps=cfg.steps)
+        atomic_write(out / "curve.tsv", lambda p: pd.DataFrame(curve).to_csv(p, sep="\t", index=False))
+        atomic_json(metrics, out / "metrics.json")
+    resume.unlink(missing_ok=True)
+    log.info("%s: %d seeds x (%d + %d) steps in %.0fs (%.1f updates/s per seed)", args.algo, len(seeds),
+             cfg.critic_pretrain_steps, cfg.steps, wall, (cfg.critic_pretrain_steps + cfg.steps) / max(wall, 1e-9))
 
 
 if __name__ == "__main__":

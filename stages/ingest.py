@@ -1,8 +1,9 @@
 """Stage ingest: read data.expert / data.suboptimal into the canonical datasets.
 
 Writes data/ingested/expert.h5 (the selected expert episodes), data/ingested/suboptimal.h5
-(all suboptimal sources, plus the expert episodes when data.expert.add_to_suboptimal) and
-data/ingested/summary.json. Everything is read and validated before anything is written.
+(the suboptimal sources only; consumers add the demonstrations themselves when
+data.expert.add_to_suboptimal) and data/ingested/summary.json (provenance: counts, returns,
+sources, content hashes). Everything is read and validated before anything is written.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import logging
 import time
 
 from pipeline.config import load_params
-from pipeline.sources import ingest, write_ingested
+from pipeline.ingest import ingest, write_ingested
 from pipeline.stage import run_stage
 
 OUT = "data/ingested"
@@ -29,4 +30,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, __doc__)

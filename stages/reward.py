@@ -1,9 +1,10 @@
 """Stage reward: the coherent reward of every expert and suboptimal transition, and its audit.
 
 Writes data/reward/rewards.h5 (expert, suboptimal arrays, aligned with data/ingested/*.h5),
-data/reward/metrics.json (expert_mean, suboptimal_mean, auc, audits over the suboptimal sources,
-i.e. without the expert episodes ingest appended to the pool; the same audit for the plain-MLP
-baseline under "baseline") and data/reward/histogram.csv for dvc plots.
+data/reward/metrics.json (expert_mean, suboptimal_mean, auc and the plain-MLP baseline's auc: what
+runs compare), data/reward/details.json (the full audits, the baseline's under "baseline") and
+data/reward/histogram.csv for dvc plots. The suboptimal data are the sources alone (ingest keeps
+the demonstrations apart), so no expert transition is scored as a negative.
 """
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ import torch
 
 from pipeline.config import load_params
 from pipeline.datasets import EpisodeDataset
+from pipeline.errors import ArtefactError
 from pipeline.policies import load_policy
-from pipeline.reward import coherent_reward_batched, resolve_alpha, reward_audit, roc_auc
-from pipeline.stage import ArtefactError, run_stage
+from pipeline.reward import coherent_reward_batched, resolve_alpha, reward_audit
+from pipeline.stage import run_stage
 from pipeline.utils import atomic_json, atomic_write, resolve_device
 
 OUT = Path("data/reward")
@@ -47,34 +49,32 @@ def main() -> None:
 
     r_exp, r_sub = rewards(policy)
     b_exp, b_sub = rewards(baseline)
-    # The audit's negatives are the suboptimal sources only: the expert episodes ingest appended to the
-    # pool (add_to_suboptimal) *are* expert transitions and would be scored as both classes at once.
-    n_sub = suboptimal.n_source_transitions
-    sub_only, env_rew = r_sub[:n_sub], suboptimal.rewards[:n_sub]
-    metrics = {**reward_audit(r_exp, sub_only, env_rew, cfg.r_min), "alpha": alpha, "r_min": cfg.r_min,
-               "r_max": float(np.max(r_exp)), "audited_suboptimal_transitions": n_sub,
-               "auc_with_added_expert": roc_auc(r_exp, r_sub),
-               "baseline": reward_audit(b_exp, b_sub[:n_sub], env_rew, cfg.r_min)}
-    lo = min(r_exp.min(), np.maximum(sub_only, cfg.r_min).min())
-    edges = np.linspace(lo, max(r_exp.max(), sub_only.max()), cfg.hist_bins + 1)
+    details = {**reward_audit(r_exp, r_sub, suboptimal.rewards, cfg.r_min), "alpha": alpha, "r_min": cfg.r_min,
+               "r_max": float(np.max(r_exp)), "audited_suboptimal_transitions": suboptimal.n_transitions,
+               "baseline": reward_audit(b_exp, b_sub, suboptimal.rewards, cfg.r_min)}
+    metrics = {**{k: details[k] for k in ("expert_mean", "suboptimal_mean", "auc")},
+               "baseline": {"auc": details["baseline"]["auc"]}}
+    lo = min(r_exp.min(), np.maximum(r_sub, cfg.r_min).min())
+    edges = np.linspace(lo, max(r_exp.max(), r_sub.max()), cfg.hist_bins + 1)
     hist = pd.DataFrame({"reward": 0.5 * (edges[1:] + edges[:-1]),
                          "expert": np.histogram(np.clip(r_exp, lo, None), edges, density=True)[0],
-                         "suboptimal": np.histogram(np.clip(sub_only, lo, None), edges, density=True)[0]})
+                         "suboptimal": np.histogram(np.clip(r_sub, lo, None), edges, density=True)[0]})
 
     def write_h5(path: Path) -> None:
         with h5py.File(path, "w") as f:
-            f.create_dataset("expert", data=r_exp)
-            f.create_dataset("suboptimal", data=r_sub)
+            f.create_dataset("expert", data=r_exp, track_times=False)
+            f.create_dataset("suboptimal", data=r_sub, track_times=False)
             f.attrs["alpha"] = alpha
     atomic_write(OUT / "rewards.h5", write_h5)
     atomic_write(OUT / "histogram.csv", lambda p: hist.to_csv(p, index=False))
+    atomic_json(details, OUT / "details.json")
     atomic_json(metrics, OUT / "metrics.json")
     log.info("coherent reward: expert %.3f, suboptimal %.3f, AUC %.3f, floor %.0f%%, spearman %.2f "
-             "(baseline MLP: AUC %.3f, floor %.0f%%, spearman %.2f)", metrics["expert_mean"],
-             metrics["suboptimal_mean"], metrics["auc"], 100 * metrics["suboptimal_floor_fraction"],
-             metrics["suboptimal_env_reward_spearman"], metrics["baseline"]["auc"],
-             100 * metrics["baseline"]["suboptimal_floor_fraction"], metrics["baseline"]["suboptimal_env_reward_spearman"])
+             "(baseline MLP: AUC %.3f, floor %.0f%%, spearman %.2f)", details["expert_mean"],
+             details["suboptimal_mean"], details["auc"], 100 * details["suboptimal_floor_fraction"],
+             details["suboptimal_env_reward_spearman"], details["baseline"]["auc"],
+             100 * details["baseline"]["suboptimal_floor_fraction"], details["baseline"]["suboptimal_env_reward_spearman"])
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, __doc__)

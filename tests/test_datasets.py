@@ -7,8 +7,9 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.datasets import ARRAYS, DatasetError, EpisodeDataset
-from pipeline.sources import read_d4rl
+from pipeline.d4rl import read_d4rl
+from pipeline.datasets import ARRAYS, EpisodeDataset
+from pipeline.errors import DatasetError
 
 
 def toy(lengths: list[int], terminated: list[bool], obs_dim: int = 2) -> EpisodeDataset:

@@ -18,7 +18,8 @@ from torch import nn
 from pipeline.datasets import EpisodeDataset
 from pipeline.dynamics import (EnsembleDynamics, fit_dynamics, load_dynamics, make_optimizer, multistep_error,
                                rollout, save_dynamics, split_heldout_episodes)
-from pipeline.stage import ArtefactError, run_stage
+from pipeline.errors import ArtefactError
+from pipeline.stage import run_stage
 from pipeline.termination import make_termination_fn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -313,7 +314,7 @@ def stage_dir(tmp_path: Path, hopper: EpisodeDataset, env_id: str = "Hopper-v5",
     (tmp_path / "params.yaml").write_text(TINY_PARAMS.format(env_id=env_id, add=add))
     expert = hopper.select_episodes([0, 1])
     expert.save(tmp_path / "data/ingested/expert.h5")
-    hopper.save(tmp_path / "data/ingested/suboptimal.h5")   # already holds the expert episodes
+    hopper.select_episodes(list(range(2, hopper.n_episodes))).save(tmp_path / "data/ingested/suboptimal.h5")
     return tmp_path
 
 
@@ -332,13 +333,16 @@ def test_stage_writes_model_metrics_and_curve(tmp_path: Path, hopper: EpisodeDat
                                               monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     code, err = run_in_process(stage_dir(tmp_path, hopper), monkeypatch, capsys)
     assert code == 0, err
-    metrics = json.loads((tmp_path / "data/dynamics/metrics.json").read_text())
+    metrics = json.loads((tmp_path / "data/dynamics/details.json").read_text())
     assert len(metrics["elites"]) == 2 and len(metrics["holdout_mse_members"]) == 3
     assert math.isfinite(metrics["holdout_mse"]) and metrics["epochs"] == 3
     assert metrics["multistep"]["episodes"] == 2 and metrics["multistep"]["horizon"] == 5
-    # union without duplicates: suboptimal already holds the expert episodes
+    # add_to_suboptimal: the sources and the expert episodes, each once
     assert metrics["train_transitions"] + metrics["holdout_transitions"] + \
         int(metrics["multistep"]["windows"]) + 4 * 2 == hopper.n_transitions
+    compared = json.loads((tmp_path / "data/dynamics/metrics.json").read_text())
+    assert compared == {"holdout_mse": metrics["holdout_mse"], "multistep_mse": metrics["multistep"]["mse"],
+                        "multistep_baseline_mse": metrics["multistep"]["baseline_mse"]}
     curve = (tmp_path / "data/dynamics/curve.tsv").read_text().splitlines()
     assert curve[0].split("\t")[:4] == ["epoch", "step", "train_loss", "holdout_mse"] and len(curve) == 4
     model = load_dynamics(tmp_path / "data/dynamics/model.pt")
@@ -348,14 +352,14 @@ def test_stage_writes_model_metrics_and_curve(tmp_path: Path, hopper: EpisodeDat
     assert 0 < len(out["obs"]) <= 150
 
 
-def test_stage_concatenates_expert_when_it_is_not_in_the_pool(tmp_path: Path, hopper: EpisodeDataset,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stage_adds_the_expert_episodes_only_when_asked(tmp_path: Path, hopper: EpisodeDataset,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     stage_dir(tmp_path, hopper)
     monkeypatch.chdir(tmp_path)
     stage = load_stage_module()
-    assert stage.training_pool(True).n_transitions == hopper.n_transitions
+    assert stage.training_pool(True).n_transitions == hopper.n_transitions       # sources + expert
     expert_n = hopper.select_episodes([0, 1]).n_transitions
-    assert stage.training_pool(False).n_transitions == hopper.n_transitions + expert_n
+    assert stage.training_pool(False).n_transitions == hopper.n_transitions - expert_n
 
 
 def test_stage_rejects_bad_upstream_artefacts(tmp_path: Path, hopper: EpisodeDataset,
@@ -394,4 +398,4 @@ def test_stage_rejects_inconsistent_dynamics_params(tmp_path: Path, hopper: Epis
     params = (tmp_path / "params.yaml").read_text().replace("  n_layers: 2\n", "  n_layers: 3\n")
     (tmp_path / "params.yaml").write_text(params)
     code, err = run_in_process(tmp_path, monkeypatch, capsys)
-    assert code == 1 and "'dynamics.weight_decay' must list n_layers + 1 = 4" in err
+    assert code == 1 and "'dynamics.weight_decay' must be a list of dynamics.n_layers + 1 = 4 numbers" in err

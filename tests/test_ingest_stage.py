@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.config import ParamsError
-from pipeline.datasets import DatasetError, EpisodeDataset
-from pipeline.sources import read_d4rl
+from pipeline.d4rl import read_d4rl
+from pipeline.datasets import EpisodeDataset
+from pipeline.errors import DatasetError, ParamsError
 
 REPO = Path(__file__).resolve().parents[1]
 STAGE = REPO / "stages" / "ingest.py"
@@ -41,7 +41,7 @@ def test_stage_writes_outputs(tmp_path, monkeypatch, d4rl_file, minari_dataset):
     runpy.run_path(str(STAGE), run_name="ingest")["main"]()
     assert leftovers(tmp_path) == ["expert.h5", "suboptimal.h5", "summary.json"]
     summary = json.loads((tmp_path / "data/ingested/summary.json").read_text())
-    assert summary["expert"]["episodes"] == 4 and summary["suboptimal"]["episodes"] == 12 + 4
+    assert summary["expert"]["episodes"] == 4 and summary["suboptimal"]["episodes"] == 12   # demos kept apart
 
 
 def corrupt_nan(path: Path) -> None:
@@ -54,8 +54,9 @@ def corrupt_nan(path: Path) -> None:
 @pytest.mark.parametrize("case,error,message", [
     ("too_many", ParamsError, r"'data.expert.n_trajectories' is 99 but .* only 12 usable episodes"),
     ("nan_in_suboptimal", DatasetError, r"data.suboptimal.sources\[0\]: .*'rewards' contains NaN or Inf"),
-    ("unknown_minari", DatasetError, r"data.suboptimal.sources\[1\]: minari:nope/nothing-v0: unknown Minari"),
-    ("bad_scheme", ParamsError, r"data.expert.source: unknown source 'http://x.hdf5'"),
+    ("unknown_minari", DatasetError, r"data.suboptimal.sources\[1\]: minari:nope/nothing-v0: not a local Minari "
+                                     r"dataset .*data.allow_download"),
+    ("bad_scheme", ParamsError, r"'data.expert.source': unknown source 'http://x.hdf5'"),
 ])
 def test_bad_input_leaves_no_outputs(tmp_path, monkeypatch, d4rl_file, make_d4rl, hopper_episodes, minari_dataset,
                                      case, error, message):
@@ -105,13 +106,13 @@ def test_dvc_repro_ingest_end_to_end(tmp_path, d4rl_file, minari_dataset, minari
     assert leftovers(repo) == ["expert.h5", "suboptimal.h5", "summary.json"]
     summary = json.loads((repo / "data/ingested/summary.json").read_text())
     full = read_d4rl(d4rl_file)
-    assert summary["expert"]["episodes"] == 3 and summary["suboptimal"]["episodes"] == 2 * full.n_episodes + 3
+    assert summary["expert"]["episodes"] == 3 and summary["suboptimal"]["episodes"] == 2 * full.n_episodes
     assert summary["expert"]["source"] == f"d4rl:{d4rl_file}" and len(summary["expert"]["content_hash"]) == 64
     expert = EpisodeDataset.load(repo / "data/ingested/expert.h5")
     assert expert.meta["selected_episodes"] == summary["expert"]["selected_episodes"]
     assert "ingest" in yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
-    metrics = run(*dvc, "metrics", "show", "--json")
-    assert metrics.returncode == 0 and "return_mean" in metrics.stdout
+    status = run(*dvc, "status", "ingest")
+    assert status.returncode == 0 and "changed" not in status.stdout, status.stdout
 
     set_params(repo, f"d4rl:{d4rl_file}", [f"minari:{minari_dataset}"], n_trajectories=99)
     failed = run(*dvc, "repro", "ingest")

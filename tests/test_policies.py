@@ -24,14 +24,34 @@ def test_log_prob_finite_at_action_bounds(make):
     assert all(torch.isfinite(p.grad).all() for p in policy.parameters() if p.grad is not None)
 
 
-def test_log_prob_at_clip_is_gaussian_tail_mass():
+def test_log_prob_at_clip_is_gaussian_tail_mass_over_the_clipped_width():
     loc, std = torch.tensor([[0.2]]), torch.tensor([[0.5]])
+    width = 1.0 - 0.999
     lp = tanh_gaussian_log_prob(loc, std, torch.tensor([[1.0]]))
     upper_tail = 0.5 * math.erfc((math.atanh(0.999) - 0.2) / (0.5 * math.sqrt(2)))  # P(u > atanh(0.999))
-    assert lp.item() == pytest.approx(math.log(upper_tail), rel=1e-4)
+    assert lp.item() == pytest.approx(math.log(upper_tail / width), rel=1e-4)
     lower = tanh_gaussian_log_prob(loc, std, torch.tensor([[-1.0]]))
-    assert lower.item() == pytest.approx(math.log(0.5 * math.erfc((math.atanh(0.999) + 0.2) / (0.5 * math.sqrt(2)))),
-                                         rel=1e-4)
+    lower_tail = 0.5 * math.erfc((math.atanh(0.999) + 0.2) / (0.5 * math.sqrt(2)))
+    assert lower.item() == pytest.approx(math.log(lower_tail / width), rel=1e-4)
+
+
+@pytest.mark.parametrize("loc, std", [(0.0, 1.0), (0.3, 0.6), (4.0, 0.3), (-3.0, 1.0), (2.0, 0.05), (0.0, 3.0)])
+def test_density_integrates_to_one_over_the_action_interval(loc, std):
+    """Quadrature of exp(log q) over [-1, 1]: the interior on a fine grid in u = atanh(a) (where the
+    saturated density's spike near +-1 is smooth), plus the two clipped end segments of width 1 - clip."""
+    clip = 0.999
+    u = torch.linspace(-math.atanh(clip), math.atanh(clip), 400_001, dtype=torch.float64)
+    a = torch.tanh(u)
+    loc_t, std_t = torch.full_like(a, loc).view(-1, 1), torch.full_like(a, std).view(-1, 1)
+    q = tanh_gaussian_log_prob(loc_t, std_t, a.view(-1, 1)).exp()
+    interior = torch.trapezoid(q * (1.0 - a.pow(2)), u).item()
+    ends = [tanh_gaussian_log_prob(torch.tensor([[loc]]), torch.tensor([[std]]), torch.tensor([[x]])).exp().item()
+            for x in (1.0, -1.0)]
+    # the density is constant on [clip, 1]: 0.9995 and 1.0 give the same value
+    assert tanh_gaussian_log_prob(torch.tensor([[loc]]), torch.tensor([[std]]), torch.tensor([[0.9995]])).exp().item() \
+        == pytest.approx(ends[0], rel=1e-6)
+    total = interior + (1.0 - clip) * sum(ends)
+    assert total == pytest.approx(1.0, abs=2e-3)
 
 
 def test_log_prob_matches_monte_carlo_histogram():

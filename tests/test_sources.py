@@ -1,6 +1,8 @@
-"""D4RL and Minari readers on files written here, episode ends, selection, env checks, bad input."""
+"""D4RL and Minari readers (pipeline.d4rl, pipeline.minari_source) on files written here, episode ends,
+selection, env checks and bad input (pipeline.ingest, pipeline.envs)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -9,10 +11,15 @@ import numpy as np
 import pytest
 
 from conftest import MINARI_ID, cut_episode, rollout_episodes, write_d4rl
-from pipeline.config import DataConfig, ExpertDataConfig, ParamsError, SuboptimalDataConfig
-from pipeline.datasets import ARRAYS, DatasetError, EpisodeDataset
-from pipeline.sources import (conform_to_env, content_hash, env_spaces, ingest, read_d4rl, read_minari, read_source,
-                              select_expert, write_ingested)
+from pipeline import minari_source
+from pipeline.config import DataConfig, ExpertDataConfig, SuboptimalDataConfig
+from pipeline.d4rl import read_d4rl
+from pipeline.datasets import ARRAYS, EpisodeDataset
+from pipeline.envs import env_spaces
+from pipeline.errors import DatasetError, ParamsError
+from pipeline.ingest import conform_to_env, ingest, read_source, select_expert, write_ingested
+from pipeline.minari_source import read_minari
+from pipeline.utils import content_hash
 
 
 def assert_same(a: EpisodeDataset, b: EpisodeDataset) -> None:
@@ -322,10 +329,39 @@ def test_bad_shapes_and_flags(d4rl_file: Path):
         read_d4rl(d4rl_file)
 
 
-def test_unknown_minari_id_lists_local_datasets(minari_dataset: str):
-    with pytest.raises(DatasetError, match=rf"minari:mujoco/hopper/nothing-v0: unknown Minari dataset id.*local "
-                                           rf"datasets: {MINARI_ID}; set data.allow_download: true"):
+def test_minari_id_not_local_offline_names_allow_download(minari_dataset: str, monkeypatch):
+    """No network here: the remote lookup fails fast, and the error still says "not local" and names the key."""
+    monkeypatch.setattr(minari_source, "REMOTE_LOOKUP_TIMEOUT_S", 5.0)
+    with pytest.raises(DatasetError, match=rf"minari:mujoco/hopper/nothing-v0: not a local Minari dataset .*local "
+                                           rf"datasets: {MINARI_ID}\); could not check the Minari remote .*; if it is "
+                                           rf"a remote dataset, set data.allow_download: true"):
         read_minari("mujoco/hopper/nothing-v0")
+
+
+@pytest.mark.parametrize("answer,message", [
+    ((True, ""), r"a remote Minari dataset that is not local \(not found under .*\); set data.allow_download: true "
+                 r"to download it"),
+    ((False, ""), r"unknown Minari dataset id, neither local \(.*\) nor on the Minari remote"),
+    ((None, "ConnectError: no route"), r"not a local Minari dataset .*could not check the Minari remote "
+                                       r"\(ConnectError: no route\).*data.allow_download: true"),
+])
+def test_minari_id_not_local_says_what_the_remote_knows(minari_dataset: str, monkeypatch, answer, message):
+    asked = []
+    monkeypatch.setattr(minari_source, "remote_lookup", lambda dataset_id: asked.append(dataset_id) or answer)
+    with pytest.raises(DatasetError, match=rf"minari:mujoco/hopper/expert-v0: {message}"):
+        read_minari("mujoco/hopper/expert-v0")
+    assert asked == ["mujoco/hopper/expert-v0"]
+    read_minari(minari_dataset)                     # a local dataset never asks the remote
+    assert asked == ["mujoco/hopper/expert-v0"]
+
+
+def test_remote_lookup_never_raises_or_hangs(monkeypatch):
+    import time
+    monkeypatch.setenv("MINARI_REMOTE", "hf://farama-minari")
+    start = time.time()
+    known, reason = minari_source.remote_lookup("mujoco/hopper/expert-v0", timeout=3.0)
+    assert time.time() - start < 10
+    assert known in (True, None) and (known or reason)   # True only where a network is available
 
 
 # -- the whole ingest step ------------------------------------------------------------------
@@ -335,14 +371,14 @@ def test_ingest_combines_selects_and_records(d4rl_file, minari_dataset, tmp_path
     result = ingest(data, "Hopper-v5", seed=3)
     expert, sub, summary = result.expert, result.suboptimal, result.summary
     full = read_d4rl(d4rl_file)
-    assert expert.n_episodes == 3 and sub.n_episodes == 2 * full.n_episodes + 3
+    assert expert.n_episodes == 3 and sub.n_episodes == 2 * full.n_episodes     # the sources only
     assert expert.meta["selection"] == {"n_trajectories": 3, "selection": "best", "seed": 3,
-                                        "skip_terminated": False, "add_to_suboptimal": True}
+                                        "skip_terminated": False}
     assert summary["expert"]["selected_episodes"] == expert.meta["selected_episodes"]
     assert summary["expert"]["return_max"] == pytest.approx(full.episode_returns().max())
     assert summary["expert"]["content_hash"] == content_hash([d4rl_file])
     assert summary["suboptimal"]["sources"] == [f"minari:{minari_dataset}", f"d4rl:{d4rl_file}"]
-    assert len(summary["suboptimal"]["content_hashes"]) == 2 and summary["suboptimal"]["expert_episodes_added"] == 3
+    assert len(summary["suboptimal"]["content_hashes"]) == 2
     for part in summary.values():
         for key in ("episodes", "transitions", "return_mean", "return_min", "return_max", "obs_dim", "act_dim",
                     "source", "content_hash"):
@@ -354,17 +390,21 @@ def test_ingest_combines_selects_and_records(d4rl_file, minari_dataset, tmp_path
     loaded = EpisodeDataset.load(tmp_path / "out" / "expert.h5")
     assert_same(loaded, expert)
     assert loaded.meta["selected_episodes"] == summary["expert"]["selected_episodes"]
-    # the appended expert episodes are the last ones, and the audit/BC code can drop them again
-    reloaded = EpisodeDataset.load(tmp_path / "out" / "suboptimal.h5")
-    sources_only = reloaded.without_added_expert()
-    assert reloaded.added_expert_episodes == 3 and sources_only.n_episodes == 2 * full.n_episodes
-    assert reloaded.n_source_transitions == sources_only.n_transitions == reloaded.n_transitions - expert.n_transitions
-    tail = reloaded.select_episodes(np.arange(reloaded.n_episodes - 3, reloaded.n_episodes))
-    np.testing.assert_array_equal(tail.actions, expert.actions)
+    assert_same(EpisodeDataset.load(tmp_path / "out" / "suboptimal.h5"), sub)
+    # the consumers' switch: ingest's outputs do not depend on it
+    alone = ingest(dataclasses.replace(data, expert=dataclasses.replace(data.expert, add_to_suboptimal=False)),
+                   "Hopper-v5", seed=3)
+    assert_same(alone.suboptimal, sub)
+    assert alone.summary == summary
 
-    alone = ingest(data_config(f"d4rl:{d4rl_file}", [f"d4rl:{d4rl_file}"], add_to_suboptimal=False), "Hopper-v5", 0)
-    assert alone.suboptimal.n_episodes == full.n_episodes and alone.summary["suboptimal"]["expert_episodes_added"] == 0
-    assert alone.suboptimal.without_added_expert() is alone.suboptimal
+
+def test_write_ingested_removes_a_killed_writers_staging(d4rl_file, tmp_path):
+    out = tmp_path / "out"
+    stale = out / ".staging-999999999-abc"                 # no such process
+    (stale / "x").mkdir(parents=True)
+    (stale / ".expert.h5.123.tmp").write_bytes(b"partial")
+    write_ingested(ingest(data_config(f"d4rl:{d4rl_file}", [f"d4rl:{d4rl_file}"]), "Hopper-v5", 0), out)
+    assert sorted(p.name for p in out.iterdir()) == ["expert.h5", "suboptimal.h5", "summary.json"]
 
 
 def test_ingest_errors_name_the_params_key(d4rl_file, tmp_path):

@@ -4,13 +4,16 @@ Not part of `dvc repro`: it makes the actors the embedded default datasets are b
 from. Twin Q (fused into one batched ensemble), tanh-Gaussian actor, automatic entropy
 tuning, 256x256 networks, standard MuJoCo hyperparameters.
 
-    python -m pipeline.sac --env Hopper-v5 --seed 0 --steps 1000000 --out runs/sac-hopper
+    python tools/sac.py --env Hopper-v5 --seed 0 --steps 1000000 --out runs/sac-hopper
+
+A tool beside the library (pipeline/ never imports it), run from the repository root.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,9 +23,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.nets import EnsembleMLP, soft_update
-from pipeline.policies import TanhGaussianMLP
-from pipeline.utils import atomic_torch_save, seed_everything
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.envs import to_env_action  # noqa: E402
+from pipeline.nets import EnsembleMLP, soft_update  # noqa: E402
+from pipeline.policies import TanhGaussianMLP  # noqa: E402
+from pipeline.utils import atomic_torch_save, seed_everything  # noqa: E402
 
 
 @dataclass
@@ -55,7 +61,7 @@ def evaluate_actor(actor: TanhGaussianMLP, env_id: str, episodes: int, seed: int
         while not done:
             with torch.no_grad():
                 a = actor.act(torch.as_tensor(obs, dtype=torch.float32)).numpy()
-            obs, r, term, trunc, _ = env.step(low + (a + 1.0) * 0.5 * (high - low))
+            obs, r, term, trunc, _ = env.step(to_env_action(a, low, high))
             total += float(r)
             done = term or trunc
         returns.append(total)
@@ -103,7 +109,7 @@ def train(cfg: SACConfig) -> None:
             with torch.no_grad():
                 a, _ = actor.sample(torch.as_tensor(obs, dtype=torch.float32))
             a = a.numpy()
-        next_obs, r, term, trunc, _ = env.step(low + (a + 1.0) * 0.5 * (high - low))
+        next_obs, r, term, trunc, _ = env.step(to_env_action(a, low, high))
         buf_obs[step] = torch.as_tensor(obs)
         buf_act[step] = torch.as_tensor(a)
         buf_rew[step] = float(r)
