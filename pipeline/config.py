@@ -165,7 +165,7 @@ class RAMBOConfig:
 
 @dataclass
 class ImproveConfig:
-    algos: list[Algo] = field(default_factory=lambda: ["csil", "awr", "awr_uniform", "rambo"])
+    algos: list[Algo] = field(default_factory=lambda: ["awr"])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     steps: int = 10000
     critic_pretrain_steps: int = 2000         # policy evaluation of the start actor before the actor moves
