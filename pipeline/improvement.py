@@ -44,7 +44,6 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
 from pipeline.bc import bc_loss
 from pipeline.config import ImproveConfig
@@ -53,7 +52,7 @@ from pipeline.nets import EnsembleLinear
 from pipeline.policies import Policy
 from pipeline.reward import coherent_reward
 from pipeline.utils import atomic_torch_save, progress
-from pipeline.vectorised import Method, SeedRNG, SeedStack, prefixed
+from pipeline.vectorised import SeedRNG, SeedStack
 
 log = logging.getLogger(__name__)
 Batch = dict[str, torch.Tensor]
@@ -320,9 +319,8 @@ class Learner:
 
     def member_act(self, k: int) -> Callable[[torch.Tensor], torch.Tensor]:
         """Seed k's stochastic policy on (B, obs) as a plain function (model rollouts)."""
-        params = {n: p[k].detach() for n, p in self.actor.params().items()}
         def act(obs: torch.Tensor) -> torch.Tensor:
-            loc, std = _dist_with(self.actor_template, params, obs)
+            loc, std = self.actor.member_call(k, "dist_params", obs)
             return tanh_gaussian_sample(loc, std)[0]
         return act
 
@@ -359,12 +357,6 @@ class Learner:
             m.load_state_dict(state[f"model{k}"])
             o.load_state_dict(state[f"model_opt{k}"])
             b.load_state_dict(state[f"model_buffer{k}"])
-
-
-def _dist_with(template: Policy, params: dict[str, torch.Tensor], obs: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``template.dist_params(obs)`` with ``params`` in place of its own (buffers: the template's)."""
-    return functional_call(Method(template, "dist_params"), prefixed(params), (obs,), strict=False)
 
 
 # -- flat update functions (one per algorithm) -------------------------------------------
@@ -502,8 +494,7 @@ def adversarial_model_phase(L: Learner, buffers: SeedBuffers) -> dict[str, torch
     infos = []
     for k in range(L.n):
         model, opt, act_fn = L.models[k], L.model_opts[k], L.member_act(k)
-        params = {n: p[k].detach() for n, p in L.critic.params().items()}
-        critic_k = lambda o, a: _call_with(L.critic.template[0], params, L.critic.buffers_dict(), k, o, a)
+        critic_k = lambda o, a: L.critic.member_call(k, "forward", o, a)
         with seed_stream(L, k):
             probe = buffers.other["obs"][:256], buffers.other["act"][:256]
             with torch.no_grad():
@@ -538,11 +529,6 @@ def adversarial_model_phase(L: Learner, buffers: SeedBuffers) -> dict[str, torch
                 shift = ((after - before) / scale).pow(2).mean().sqrt()
         infos.append({"model_adv_loss": adv_sum / steps, "model_nll": nll_sum / steps, "model_shift": shift})
     return {key: torch.stack([torch.as_tensor(i[key], device=L.device) for i in infos]) for key in infos[0]}
-
-
-def _call_with(template: nn.Module, params: dict, buffers: dict, k: int, obs: torch.Tensor, act: torch.Tensor
-               ) -> torch.Tensor:
-    return functional_call(template, ({**params, **{n: b[k] for n, b in buffers.items()}}), (obs, act))
 
 
 # -- the training loop -------------------------------------------------------------------

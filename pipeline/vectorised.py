@@ -55,6 +55,12 @@ class SeedStack(nn.Module):
     def forward(self, *args: torch.Tensor) -> Any:
         return self.call("forward", *args)
 
+    def member_call(self, k: int, method: str, *args: torch.Tensor) -> Any:
+        """``template.<method>(*args)`` with seed k's (detached) parameters only: args are plain (B, ...)."""
+        params = {n: p[k].detach() for n, p in zip(self._names, self.stacked)}
+        buffers = {n: b[k] for n, b in self.buffers_dict().items()}
+        return functional_call(Method(self.template[0], method), (prefixed(params), prefixed(buffers)), args)
+
     def member_state_dict(self, k: int) -> dict[str, torch.Tensor]:
         """Seed k's parameters and buffers as the plain module's state dict."""
         state = {n: p[k].detach().clone() for n, p in zip(self._names, self.stacked)}
