@@ -128,7 +128,8 @@ def fit(policy: Policy, sample_batch: Callable[[], Batch], val: Batch, *, steps:
     holding the best trained snapshot (the untrained start is never chosen). keep="last": run
     all ``steps`` and keep the last iterate (the held-out MSE is only logged).
     """
-    opt = torch.optim.Adam(policy.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.Adam(policy.parameters(), lr=lr, weight_decay=weight_decay,
+                           fused=next(policy.parameters()).device.type in ("cpu", "cuda"))
     # The starting point is logged but never kept: with one demonstration the held-out MSE of an
     # untrained MLP (actions ~0) can beat every trained snapshot, and an untrained "BC" is no baseline.
     curve = [{"step": step_offset, **evaluate_bc(policy, *val), "train_loss": float("nan")}]

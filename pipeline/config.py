@@ -129,8 +129,9 @@ class DynamicsConfig:
 
 @dataclass
 class CSILConfig:
-    kl_beta: float = 0.01                     # KL(pi || pi_BC) weight; CSIL's fixed 0.01, < alpha (coherence)
+    kl_beta: float = 0.05                     # KL(pi || pi_BC) weight (CSIL: 0.01, drifts here), < alpha
     actor_lr: float = 3e-4                    # CSIL: Adam 3e-4
+    grad_penalty: float = 1.0                 # weight of sqrt(E||dQ/da||^2) on demos in the critic loss (CSIL: 1)
 
 
 @dataclass
@@ -148,8 +149,9 @@ class AWRConfig:
 
 @dataclass
 class RAMBOConfig:
-    kl_beta: float = 0.01                     # as csil
+    kl_beta: float = 0.05                     # as csil
     actor_lr: float = 3e-4
+    grad_penalty: float = 1.0                 # as csil
     rollout_every: int = 250
     rollout_starts: int = 5000
     rollout_demo_share: float = 0.5           # rollout (and adversary) starts drawn from demonstration states
@@ -370,6 +372,7 @@ RANGES: dict[str, Range] = {
     "improve.eval_episodes": EPISODES,
     "improve.csil.kl_beta": NON_NEGATIVE,
     "improve.csil.actor_lr": POSITIVE,
+    "improve.csil.grad_penalty": NON_NEGATIVE,
     "improve.awr.expectile": OPEN_UNIT,
     "improve.awr.beta": NON_NEGATIVE,
     "improve.awr.max_weight": POSITIVE,
@@ -378,6 +381,7 @@ RANGES: dict[str, Range] = {
     "improve.awr.actor_lr": POSITIVE,
     "improve.rambo.kl_beta": NON_NEGATIVE,
     "improve.rambo.actor_lr": POSITIVE,
+    "improve.rambo.grad_penalty": NON_NEGATIVE,
     "improve.rambo.rollout_every": COUNT,
     "improve.rambo.rollout_starts": COUNT,
     "improve.rambo.rollout_demo_share": Range(0, 1),

@@ -232,11 +232,14 @@ def adam(params, lr: float, device: torch.device) -> torch.optim.Optimizer:
 
 @dataclass
 class Algorithm:
-    """A registry entry: the update, the actor's rate and schedule, and what the learner needs."""
+    """A registry entry: the update, what the learner needs, and where its actor starts."""
     name: str
     update: Callable[..., dict[str, torch.Tensor]]
     uses_value: bool
     uses_model: bool
+    # "reference": the stage-2 BC policy itself (CSIL's code: the pre-trained policy is both the actor's
+    # start and the KL reference, so the actor starts at KL 0); "stage1": BC on demos + other data
+    actor_start: str = "stage1"
 
 
 class Learner:
@@ -421,7 +424,8 @@ def csil_update(L: Learner, b: Batch, update_actor: bool) -> dict[str, torch.Ten
         target = td_target(b["rew"], soft_v, b["terminal"], L.bounds)
     q = L.q(b["obs"], b["act"])
     critic_loss = (q - target.unsqueeze(1)).pow(2).mean((1, 2)) * 2
-    loss, opts = critic_loss.sum(), [L.critic_opt]
+    grad_norm = action_grad_norm(L, b)
+    loss, opts = (critic_loss + getattr(L.cfg, L.algo).grad_penalty * grad_norm).sum(), [L.critic_opt]
     if update_actor:
         a_pi, lp = L.actor_sample(b["obs"])
         kl = lp - L.bc_log_prob(b, a_pi)
@@ -435,14 +439,25 @@ def csil_update(L: Learner, b: Batch, update_actor: bool) -> dict[str, torch.Ten
     _step(opts, loss)
     L.soft_update()
     return {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(), "q": q.detach().min(1).values.mean(-1),
-            "kl_to_bc": kl_mean}
+            "kl_to_bc": kl_mean, "action_grad_norm": grad_norm.detach()}
+
+
+def action_grad_norm(L: Learner, b: Batch) -> torch.Tensor:
+    """(S,) sqrt(mean over demonstration rows of ||dQ/da||^2), Q the twins' mean: CSIL's critic
+    action-Jacobian regulariser. Penalising it keeps Q flat in the action around the demonstrations,
+    so the actor is not pulled off them by the critic's extrapolation."""
+    act = b["act"].detach().requires_grad_(True)
+    q = L.q(b["obs"], act).mean(1)                                          # (S, B)
+    (grad,) = torch.autograd.grad(q.sum(), act, create_graph=True)
+    mask = b["is_expert"]
+    return ((grad.pow(2).sum(-1) * mask).sum(-1) / mask.sum(-1).clamp(min=1.0) + 1e-12).sqrt()
 
 
 ALGORITHMS: dict[str, Algorithm] = {
-    "csil": Algorithm("csil", csil_update, uses_value=False, uses_model=False),
+    "csil": Algorithm("csil", csil_update, uses_value=False, uses_model=False, actor_start="reference"),
     "awr": Algorithm("awr", awr_update, uses_value=True, uses_model=False),
     "awr_uniform": Algorithm("awr_uniform", awr_update, uses_value=True, uses_model=False),
-    "rambo": Algorithm("rambo", csil_update, uses_value=False, uses_model=True),
+    "rambo": Algorithm("rambo", csil_update, uses_value=False, uses_model=True, actor_start="reference"),
 }
 
 
@@ -478,6 +493,7 @@ def real_and_model_batch(L: Learner, buffers: SeedBuffers) -> Batch:
     """rambo's (S, batch_size, .) batch: ``real_ratio`` real rows (demos / other mixed), the rest model rows."""
     n_real = int(round(L.cfg.batch_size * L.cfg.rambo.real_ratio))
     real, fake = buffers.mixed(n_real, L.cfg.expert_ratio), model_batch(L, L.cfg.batch_size - n_real)
+    fake["is_expert"] = torch.zeros_like(fake["rew"])
     return {k: torch.cat([real[k], fake[k]], 1) for k in fake}
 
 

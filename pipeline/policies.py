@@ -129,7 +129,6 @@ class HetStatPolicy(Policy):
         i = torch.arange(features).view(-1, 1, 1)
         j = torch.arange(features).view(1, 1, -1)
         self.register_buffer("strict_lower", (j < i).expand(features, act_dim, features).float(), persistent=False)
-        self.register_buffer("diagonal", (j == i).expand(features, act_dim, features).clone(), persistent=False)
         self.phi = STATIONARY_ACTIVATIONS[activation]
 
     def stationary_features(self, obs: torch.Tensor) -> torch.Tensor:
@@ -141,8 +140,9 @@ class HetStatPolicy(Policy):
     def scale_factors(self) -> torch.Tensor:
         """All L_k side by side, shape (F, d*F): column block k is L_k."""
         raw = self.scale_raw
-        factors = torch.where(self.diagonal, raw.exp(), raw * self.strict_lower)
-        return factors.view(self.features, self.act_dim * self.features)
+        # exp only on the F x d diagonal entries: two passes over the d*F^2 tensor, not where()'s five
+        diagonal = torch.diag_embed(raw.diagonal(dim1=0, dim2=2).exp(), dim1=0, dim2=2)
+        return (raw * self.strict_lower + diagonal).view(self.features, self.act_dim * self.features)
 
     def loc(self, f: torch.Tensor) -> torch.Tensor:
         return f @ self.loc_weights

@@ -3,8 +3,8 @@
 
 Reads the demonstrations' training rows (the split BC uses: held-out rows stay held out for every
 method), the other data, their coherent rewards from the reward stage (data/reward/rewards.h5), the
-BC stage-1 actor it starts from and the stage-2 policy (KL reference; the reward of model
-transitions); rambo also data/dynamics/model.pt and the termination rule stored with it.
+BC stage-1 actor awr starts from and the stage-2 policy (the KL reference csil and rambo also start
+from, as CSIL's code does; the reward of model transitions); rambo also data/dynamics/model.pt and the termination rule stored with it.
 Writes data/improve/<algo>/<algo>-<seed>/{policy.pt, metrics.json, curve.tsv} per seed. A killed
 run resumes from data/.resume/improve-<algo>.pt (outside every tracked output).
 """
@@ -74,7 +74,7 @@ def main() -> None:
     other = EpisodeDataset.load("data/ingested/suboptimal.h5")
     r_exp, r_other, alpha = read_rewards(Path("data/reward/rewards.h5"), expert.n_transitions, other.n_transitions)
     bc = load_policy("data/bc/policy.pt", device)
-    actor = load_policy("data/bc/stage1.pt", device)
+    actor = bc if ALGORITHMS[args.algo].actor_start == "reference" else load_policy("data/bc/stage1.pt", device)
     if (bc.obs_dim, bc.act_dim) != (expert.obs_dim, expert.act_dim):
         raise ArtefactError("data/bc/policy.pt does not match data/ingested dims; rerun `dvc repro bc`")
     train_rows, _ = expert_split_rows(expert, params.bc.val_fraction, params.seed)

@@ -14,8 +14,8 @@ import torch
 from pipeline.bc import batch_sampler, fit
 from pipeline.config import ImproveConfig
 from pipeline.dynamics import EnsembleDynamics, fit_dynamics
-from pipeline.improvement import (ALGORITHMS, Bounds, Learner, RingBuffer, SeedBuffers, actor_lr_at, awr_weights,
-                                  expectile_loss, normalise_per_source, td_target, train)
+from pipeline.improvement import (ALGORITHMS, Bounds, Learner, RingBuffer, SeedBuffers, action_grad_norm, actor_lr_at,
+                                  awr_weights, expectile_loss, normalise_per_source, td_target, train)
 from pipeline.policies import HetStatPolicy
 from pipeline.reward import coherent_reward
 from pipeline.termination import make_termination_fn
@@ -60,6 +60,19 @@ def test_normalise_per_source_gives_the_demonstrations_their_actor_share():
     assert out[:2].sum().item() == pytest.approx(0.9 * len(w))     # demos: 90 % of the loss from 1/3 of the rows
     assert out[2:].sum().item() == pytest.approx(0.1 * len(w))
     assert (out[:2] / out[:2].sum()).tolist() == pytest.approx([0.25, 0.75])   # ranking within a source kept
+
+
+def test_action_grad_norm_is_the_critic_slope_on_the_demonstration_rows_only():
+    # Q_k(s, a) = (s . u) * (a . w_k), twins equal: dQ/da = (s . u) w_k, so the norm is known exactly
+    w = torch.tensor([[1.0, 2.0], [0.0, 3.0]])                       # (S=2, act 2)
+    u = torch.tensor([1.0, -1.0, 0.5])
+    critic = lambda obs, act: ((obs @ u) * (act * w[:, None, :]).sum(-1)).unsqueeze(1).expand(-1, 2, -1)
+    L = type("L", (), {"q": staticmethod(critic)})()
+    obs = torch.randn(2, 6, 3)
+    batch = {"obs": obs, "act": torch.rand(2, 6, 2), "is_expert": torch.tensor([1.0, 1, 1, 0, 0, 0]).expand(2, 6)}
+    slope = (obs[:, :3] @ u).pow(2).mean(-1)                          # mean over the demonstration rows
+    expected = (slope * w.pow(2).sum(-1)).sqrt()
+    assert torch.allclose(action_grad_norm(L, batch), expected, atol=1e-5)
 
 
 def test_ring_buffer_keeps_the_latest_transitions():
