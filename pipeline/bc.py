@@ -21,6 +21,7 @@ import torch
 
 from pipeline.datasets import EpisodeDataset
 from pipeline.distributions import tanh_gaussian_log_prob
+from pipeline.nets import adam
 from pipeline.policies import HetStatPolicy, Policy
 from pipeline.utils import progress, seed_everything
 from pipeline.vectorised import SeedRNG, SeedStack
@@ -128,8 +129,7 @@ def fit(policy: Policy, sample_batch: Callable[[], Batch], val: Batch, *, steps:
     holding the best trained snapshot (the untrained start is never chosen). keep="last": run
     all ``steps`` and keep the last iterate (the held-out MSE is only logged).
     """
-    opt = torch.optim.Adam(policy.parameters(), lr=lr, weight_decay=weight_decay,
-                           fused=next(policy.parameters()).device.type in ("cpu", "cuda"))
+    opt = adam(policy.parameters(), lr, next(policy.parameters()).device, weight_decay)
     # The starting point is logged but never kept: with one demonstration the held-out MSE of an
     # untrained MLP (actions ~0) can beat every trained snapshot, and an untrained "BC" is no baseline.
     curve = [{"step": step_offset, **evaluate_bc(policy, *val), "train_loss": float("nan")}]
@@ -205,8 +205,7 @@ class SeedFit:
         self.obs, self.act = train
         self.batch_size = batch_size
         device = self.obs.device
-        self.opt = torch.optim.Adam(self.stack.parameters(), lr=lr, weight_decay=weight_decay,
-                                    fused=device.type in ("cpu", "cuda"))
+        self.opt = adam(self.stack.parameters(), lr, device, weight_decay)
         self.loss = loss
 
     def update(self) -> torch.Tensor:

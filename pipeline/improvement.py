@@ -48,7 +48,7 @@ from torch import nn
 from pipeline.bc import bc_loss
 from pipeline.config import ImproveConfig
 from pipeline.distributions import tanh_gaussian_log_prob, tanh_gaussian_sample
-from pipeline.nets import EnsembleLinear
+from pipeline.nets import EnsembleLinear, adam
 from pipeline.policies import Policy
 from pipeline.reward import coherent_reward
 from pipeline.utils import atomic_torch_save, progress
@@ -225,11 +225,6 @@ def normalise_per_source(weights: torch.Tensor, is_expert: torch.Tensor, expert_
 
 
 # -- the learner state -------------------------------------------------------------------
-def adam(params, lr: float, device: torch.device) -> torch.optim.Optimizer:
-    """Adam with the fused kernel: its step counters stay on the device (no per-step host read on a GPU)."""
-    return torch.optim.Adam(params, lr=lr, fused=device.type in ("cpu", "cuda"))
-
-
 @dataclass
 class Algorithm:
     """A registry entry: the update, what the learner needs, and where its actor starts."""
@@ -422,9 +417,10 @@ def csil_update(L: Learner, b: Batch, update_actor: bool) -> dict[str, torch.Ten
         a2, lp2 = L.actor_sample(b["next_obs"])
         soft_v = L.q(b["next_obs"], a2, target=True).min(1).values - beta * (lp2 - L.bc_log_prob(b, a2, nxt=True))
         target = td_target(b["rew"], soft_v, b["terminal"], L.bounds)
-    q = L.q(b["obs"], b["act"])
+    act = b["act"].detach().requires_grad_(True)        # for the penalty's dQ/da: one critic forward serves both
+    q = L.q(b["obs"], act)
     critic_loss = (q - target.unsqueeze(1)).pow(2).mean((1, 2)) * 2
-    grad_norm = action_grad_norm(L, b)
+    grad_norm = action_grad_norm(q, act, b["is_expert"])
     loss, opts = (critic_loss + getattr(L.cfg, L.algo).grad_penalty * grad_norm).sum(), [L.critic_opt]
     if update_actor:
         a_pi, lp = L.actor_sample(b["obs"])
@@ -442,14 +438,12 @@ def csil_update(L: Learner, b: Batch, update_actor: bool) -> dict[str, torch.Ten
             "kl_to_bc": kl_mean, "action_grad_norm": grad_norm.detach()}
 
 
-def action_grad_norm(L: Learner, b: Batch) -> torch.Tensor:
-    """(S,) sqrt(mean over demonstration rows of ||dQ/da||^2), Q the twins' mean: CSIL's critic
-    action-Jacobian regulariser. Penalising it keeps Q flat in the action around the demonstrations,
-    so the actor is not pulled off them by the critic's extrapolation."""
-    act = b["act"].detach().requires_grad_(True)
-    q = L.q(b["obs"], act).mean(1)                                          # (S, B)
-    (grad,) = torch.autograd.grad(q.sum(), act, create_graph=True)
-    mask = b["is_expert"]
+def action_grad_norm(q: torch.Tensor, act: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(S,) sqrt(mean over the ``mask`` (demonstration) rows of ||dQ/da||^2), Q the twins' mean, from
+    the (S, 2, B) values ``q`` computed at ``act`` (which requires grad): CSIL's critic action-Jacobian
+    regulariser. Penalising it keeps Q flat in the action around the demonstrations, so the actor is
+    not pulled off them by the critic's extrapolation."""
+    (grad,) = torch.autograd.grad(q.mean(1).sum(), act, create_graph=True)
     return ((grad.pow(2).sum(-1) * mask).sum(-1) / mask.sum(-1).clamp(min=1.0) + 1e-12).sqrt()
 
 

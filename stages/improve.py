@@ -4,7 +4,8 @@
 Reads the demonstrations' training rows (the split BC uses: held-out rows stay held out for every
 method), the other data, their coherent rewards from the reward stage (data/reward/rewards.h5), the
 BC stage-1 actor awr starts from and the stage-2 policy (the KL reference csil and rambo also start
-from, as CSIL's code does; the reward of model transitions); rambo also data/dynamics/model.pt and the termination rule stored with it.
+from, as CSIL's code does; the reward of model transitions); rambo also data/dynamics/model.pt and
+the termination rule stored with it.
 Writes data/improve/<algo>/<algo>-<seed>/{policy.pt, metrics.json, curve.tsv} per seed. A killed
 run resumes from data/.resume/improve-<algo>.pt (outside every tracked output).
 """

@@ -67,12 +67,11 @@ def test_action_grad_norm_is_the_critic_slope_on_the_demonstration_rows_only():
     w = torch.tensor([[1.0, 2.0], [0.0, 3.0]])                       # (S=2, act 2)
     u = torch.tensor([1.0, -1.0, 0.5])
     critic = lambda obs, act: ((obs @ u) * (act * w[:, None, :]).sum(-1)).unsqueeze(1).expand(-1, 2, -1)
-    L = type("L", (), {"q": staticmethod(critic)})()
-    obs = torch.randn(2, 6, 3)
-    batch = {"obs": obs, "act": torch.rand(2, 6, 2), "is_expert": torch.tensor([1.0, 1, 1, 0, 0, 0]).expand(2, 6)}
+    obs, act = torch.randn(2, 6, 3), torch.rand(2, 6, 2).requires_grad_(True)
+    is_expert = torch.tensor([1.0, 1, 1, 0, 0, 0]).expand(2, 6)
     slope = (obs[:, :3] @ u).pow(2).mean(-1)                          # mean over the demonstration rows
     expected = (slope * w.pow(2).sum(-1)).sqrt()
-    assert torch.allclose(action_grad_norm(L, batch), expected, atol=1e-5)
+    assert torch.allclose(action_grad_norm(critic(obs, act), act, is_expert), expected, atol=1e-5)
 
 
 def test_ring_buffer_keeps_the_latest_transitions():
