@@ -90,12 +90,12 @@ class BCConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     batch_size: int = 256
-    stage1_steps: int = 10000
-    stage2_steps: int = 15000
+    stage1_steps: int = 6000
+    stage2_steps: int = 8000
     eval_every: int = 500
     patience: int = 10                        # evaluations without held-out improvement
     val_fraction: float = 0.2                 # of expert episodes held out
-    baseline_steps: int = 10000
+    baseline_steps: int = 5000
     baseline_hidden: int = 256
     baseline_layers: int = 3
     baseline_seeds: int = 3                   # plain BC fits (seeds seed, seed+1, ...): one is a lottery with few demos
@@ -129,7 +129,7 @@ class DynamicsConfig:
 
 @dataclass
 class CSILConfig:
-    kl_beta: float = 0.05                     # KL(pi || pi_BC) weight (CSIL: 0.01, drifts here), < alpha
+    kl_beta: float = 0.15                     # KL(pi || pi_BC) weight (CSIL: 0.01, drifts here), < alpha
     actor_lr: float = 3e-4                    # CSIL: Adam 3e-4
     grad_penalty: float = 1.0                 # weight of sqrt(E||dQ/da||^2) on demos in the critic loss (CSIL: 1)
 
@@ -149,7 +149,7 @@ class AWRConfig:
 
 @dataclass
 class RAMBOConfig:
-    kl_beta: float = 0.05                     # as csil
+    kl_beta: float = 0.15                     # as csil
     actor_lr: float = 3e-4
     grad_penalty: float = 1.0                 # as csil
     rollout_every: int = 250
@@ -163,14 +163,15 @@ class RAMBOConfig:
     adv_weight: float = 3e-4
     adv_batch: int = 256
     model_lr: float = 3e-4
+    halt_quantile: float = 1.0                # model transitions past this quantile of the real data's elite disagreement are terminal
 
 
 @dataclass
 class ImproveConfig:
     algos: list[Algo] = field(default_factory=lambda: ["awr"])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    steps: int = 10000
-    critic_pretrain_steps: int = 2000         # policy evaluation of the start actor before the actor moves
+    steps: int = 5000
+    critic_pretrain_steps: int = 1000         # policy evaluation of the start actor before the actor moves
     batch_size: int = 256
     gamma: float = 0.99
     tau: float = 0.005
@@ -393,6 +394,7 @@ RANGES: dict[str, Range] = {
     "improve.rambo.adv_weight": NON_NEGATIVE,
     "improve.rambo.adv_batch": COUNT,
     "improve.rambo.model_lr": POSITIVE,
+    "improve.rambo.halt_quantile": Range(0, 1),
     "evaluate.episodes": EPISODES,
     "evaluate.n_envs": COUNT,
     "evaluate.bootstrap": COUNT,

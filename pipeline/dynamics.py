@@ -210,6 +210,17 @@ class EnsembleDynamics(nn.Module):
         return obs + y[:, :self.obs_dim], (y[:, self.obs_dim] if self.learn_reward else None)
 
     @torch.no_grad()
+    def disagreement(self, obs: torch.Tensor, act: torch.Tensor, chunk: int = 16_384) -> torch.Tensor:
+        """(B,) max over elites of ||mu_k - mean_k mu_k|| on the standardised state change: how much
+        the elites disagree at (s, a), MOReL's unknown-state detector (0 where they agree)."""
+        parts = []
+        for o, a in zip(obs.split(chunk), act.split(chunk)):
+            mean, _ = self(self.normalize_inputs(o, a), self.elites)
+            mu = mean[..., :self.obs_dim]
+            parts.append((mu - mu.mean(0)).norm(dim=-1).max(0).values)
+        return torch.cat(parts)
+
+    @torch.no_grad()
     def holdout_mse(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-member (E,) MSE of the mean on standardised (B, in) inputs / (B, target) targets."""
         mean, _ = self(x)

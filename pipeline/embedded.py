@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 ASSETS = Path(__file__).parent / "assets"
 RECIPE_VERSION = 2
 # Environments with committed actors (pipeline/assets/<name>/expert_actor.pt, medium_actor.pt).
-EMBEDDED_ENVS: dict[str, str] = {"hopper": "Hopper-v5", "halfcheetah": "HalfCheetah-v5"}
+EMBEDDED_ENVS: dict[str, str] = {"hopper": "Hopper-v5", "halfcheetah": "HalfCheetah-v5", "walker2d": "Walker2d-v5"}
 
 
 @dataclass(frozen=True)

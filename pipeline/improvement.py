@@ -277,10 +277,27 @@ class Learner:
                       **{f"bc_{w}{p}": (act_dim,) for w in ("", "next_") for p in ("loc", "std")}}
             self.model_buffers = [RingBuffer(rc.buffer_rollouts * rc.rollout_starts * rc.horizon, shapes, device)
                                   for _ in seeds]
+            # MOReL's HALT: a model transition where the elites disagree more than on (almost all of) the
+            # real data is terminal; set from the real data by `set_halt_threshold` (inf: never)
+            self.halt_threshold = torch.full((), float("inf"), device=device)
 
     @property
     def n(self) -> int:
         return len(self.seeds)
+
+    @torch.no_grad()
+    def set_halt_threshold(self, buffers: "SeedBuffers") -> None:
+        """The ``rambo.halt_quantile`` quantile of the model's elite disagreement on the real transitions."""
+        obs = torch.cat([buffers.demos["obs"], buffers.other["obs"]])
+        act = torch.cat([buffers.demos["act"], buffers.other["act"]])
+        d = self.models[0].disagreement(obs, act)
+        self.halt_threshold = torch.quantile(d[:1_000_000].float(), self.cfg.rambo.halt_quantile)
+
+    def model_termination(self, k: int) -> Callable:
+        """Seed k's termination in its model: the environment's rule, or HALT where the elites disagree."""
+        def terminal(obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
+            return self.termination_fn(obs, act, next_obs) | (self.models[k].disagreement(obs, act) > self.halt_threshold)
+        return terminal
 
     @property
     def actor_lr(self) -> float:
@@ -335,6 +352,7 @@ class Learner:
 
     def state_dict(self) -> dict:
         state = {"actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
+                 **({"halt_threshold": self.halt_threshold} if self.spec.uses_model else {}),
                  "critic_target": self.critic_target.state_dict(),
                  **{k: o.state_dict() for k, o in self.optimisers().items()}, "rng": self.rng.state()}
         if self.value is not None:
@@ -346,6 +364,8 @@ class Learner:
 
     def load_state_dict(self, state: dict) -> None:
         self.rng.load_state(state["rng"])
+        if "halt_threshold" in state:
+            self.halt_threshold = state["halt_threshold"]
         for name in ("actor", "critic", "critic_target", "value"):
             if name in state:
                 getattr(self, name).load_state_dict(state[name])
@@ -467,15 +487,19 @@ def seed_stream(L: Learner, k: int) -> Iterator[None]:
 
 
 @torch.no_grad()
-def model_rollouts(L: Learner, starts: torch.Tensor) -> None:
-    """Roll each seed's policy out in its own model from (S, N, obs) ``starts``; add to its buffer."""
+def model_rollouts(L: Learner, starts: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Roll each seed's policy out in its own model from (S, N, obs) ``starts``; add to its buffer.
+    Returns the per-seed share of model transitions that were terminal (the env rule or HALT)."""
     from pipeline.dynamics import rollout
+    terminal_share = []
     for k in range(L.n):
         with seed_stream(L, k):
-            out = rollout(L.models[k], L.member_act(k), starts[k], L.cfg.rambo.horizon, L.termination_fn)
+            out = rollout(L.models[k], L.member_act(k), starts[k], L.cfg.rambo.horizon, L.model_termination(k))
         batch = {"obs": out["obs"], "act": out["act"], "next_obs": out["next_obs"], "terminal": out["terminal"],
                  "rew": L.reward(out["obs"], out["act"])}
         L.model_buffers[k].add(with_bc_params(L.bc, batch))
+        terminal_share.append(out["terminal"].mean() if out["terminal"].numel() else out["terminal"].new_zeros(()))
+    return {"model_terminal": torch.stack(terminal_share)}
 
 
 def model_batch(L: Learner, n: int) -> Batch:
@@ -503,7 +527,7 @@ def adversarial_model_phase(L: Learner, buffers: SeedBuffers) -> dict[str, torch
     rc = L.cfg.rambo
     infos = []
     for k in range(L.n):
-        model, opt, act_fn = L.models[k], L.model_opts[k], L.member_act(k)
+        model, opt, act_fn, terminal_fn = L.models[k], L.model_opts[k], L.member_act(k), L.model_termination(k)
         critic_k = lambda o, a: L.critic.member_call(k, "forward", o, a)
         with seed_stream(L, k):
             probe = buffers.other["obs"][:256], buffers.other["act"][:256]
@@ -519,7 +543,7 @@ def adversarial_model_phase(L: Learner, buffers: SeedBuffers) -> dict[str, torch
                 with torch.no_grad():
                     act = act_fn(obs)
                     next_obs, _ = model.step(obs, act)
-                    done = L.termination_fn(obs, act, next_obs).float()
+                    done = terminal_fn(obs, act, next_obs).float()
                     v_next = critic_k(next_obs, act_fn(next_obs)).min(0).values
                     adv = td_target(L.reward(obs, act), v_next, done, L.bounds) - critic_k(obs, act).min(0).values
                     adv = (adv - adv.mean()) / (adv.std() + 1e-6)
@@ -549,12 +573,12 @@ def demo_mse(L: Learner, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
     return (torch.tanh(loc) - act).pow(2).mean((1, 2))
 
 
-def log_rows(L: Learner, done: int, learning: bool, sums: dict[str, torch.Tensor], count: int,
+def log_rows(L: Learner, done: int, learning: bool, sums: dict[str, torch.Tensor], counts: dict[str, int],
              demos: tuple[torch.Tensor, torch.Tensor], evaluate: Callable[[Policy], float] | None) -> list[dict]:
     """One curve row per seed: the means since the last row (the loop's only read back to the host)."""
     cfg = L.cfg
     t = done - cfg.critic_pretrain_steps
-    means = {k: (v / count).tolist() for k, v in sums.items()}
+    means = {k: (v / counts[k]).tolist() for k, v in sums.items()}
     mse = demo_mse(L, *demos).tolist()
     evaluating = evaluate is not None and cfg.eval_every and learning and (t % cfg.eval_every == 0 or t == cfg.steps)
     rows = []
@@ -590,8 +614,11 @@ def train(L: Learner, buffers: SeedBuffers, *, resume_path: Path | None = None, 
 
     demo_obs, demo_act = buffers.demos["obs"][:10_000], buffers.demos["act"][:10_000]
     sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
     count, start = 0, time.time()
     schedule = cfg.awr.actor_schedule if L.spec.name in ("awr", "awr_uniform") else "constant"
+    if L.spec.uses_model and first == 0:
+        L.set_halt_threshold(buffers)
     bar = progress(range(first, total), desc=f"improve {L.algo} x{L.n}", initial=first, total=total, unit="step")
     for step in bar:
         learning = step >= cfg.critic_pretrain_steps          # before: policy evaluation, the actor is held
@@ -601,9 +628,9 @@ def train(L: Learner, buffers: SeedBuffers, *, resume_path: Path | None = None, 
                 group["lr"] = actor_lr_at(t, L.actor_lr, cfg.steps, schedule)
         info: dict[str, torch.Tensor] = {}
         if L.spec.uses_model:
-            if step % rc.rollout_every == 0:
-                model_rollouts(L, buffers.start_states(rc.rollout_starts, rc.rollout_demo_share))
-            info = L.spec.update(L, real_and_model_batch(L, buffers), learning)
+            rolled = model_rollouts(L, buffers.start_states(rc.rollout_starts, rc.rollout_demo_share)) \
+                if step % rc.rollout_every == 0 else {}
+            info = {**L.spec.update(L, real_and_model_batch(L, buffers), learning), **rolled}
             if learning and (t + 1) % rc.adv_every == 0 and rc.adv_steps > 0:
                 info.update(adversarial_model_phase(L, buffers))
         elif L.spec.uses_value:
@@ -611,17 +638,17 @@ def train(L: Learner, buffers: SeedBuffers, *, resume_path: Path | None = None, 
                                  buffers.mixed(cfg.awr.actor_batch_size, cfg.expert_ratio), learning)
         else:
             info = L.spec.update(L, buffers.mixed(cfg.batch_size, cfg.expert_ratio), learning)
-        for k, v in info.items():
-            sums[k] = sums.get(k, 0.0) + v
+        for k, v in info.items():     # per-key counts: phase metrics (rollout, adversary) are not every step
+            sums[k], counts[k] = sums.get(k, 0.0) + v, counts.get(k, 0) + 1
         count += 1
         done = step + 1
         if done % cfg.log_every == 0 or done == total:
-            rows = log_rows(L, done, learning, sums, count, (demo_obs, demo_act), evaluate)
+            rows = log_rows(L, done, learning, sums, counts, (demo_obs, demo_act), evaluate)
             for curve, row in zip(curves, rows):
                 curve.append(row)
             log.debug("%s step %d: %.1f updates/s", L.algo, done, count / max(time.time() - start, 1e-9))
             bar.set_postfix(q=f"{rows[0]['q']:.1f}", actor=f"{rows[0]['actor_loss']:.3f}")
-            sums, count, start = {}, 0, time.time()
+            sums, counts, count, start = {}, {}, 0, time.time()
             if resume_path is not None and done % cfg.checkpoint_every == 0 and done < total:
                 atomic_torch_save({"fingerprint": fingerprint, "step": done, "curves": curves,
                                    "learner": L.state_dict()}, resume_path)

@@ -225,6 +225,43 @@ def test_adversarial_phase_moves_the_model_and_reports_how_far():
     assert not all(torch.equal(v, learner.models[0].state_dict()[k]) for k, v in before.items())
 
 
+def test_halt_makes_model_transitions_terminal_where_the_elites_disagree_beyond_the_data():
+    """MOReL's HALT: the threshold is the halt_quantile of the elites' disagreement on the real data;
+    model transitions beyond it are terminal (absorbing at r_min), the rest follow the env rule."""
+    learner, buffers, cfg = _small("rambo")
+    cfg.rambo.halt_quantile = 0.5
+    learner.set_halt_threshold(buffers)
+    obs, act = buffers.other["obs"], buffers.other["act"]
+    d = learner.models[0].disagreement(obs, act)
+    assert d.shape == (obs.shape[0],) and (d >= 0).all()
+    torch.testing.assert_close(learner.halt_threshold, torch.quantile(torch.cat([d, d]), 0.5))
+    halted = learner.model_termination(0)(obs, act, obs)
+    rule = learner.termination_fn(obs, act, obs)
+    assert torch.equal(halted, rule | (d > learner.halt_threshold)) and (halted & ~rule).any() and not halted.all()
+    same = copy.deepcopy(learner.models[0])
+    with torch.no_grad():                                          # identical elites never disagree
+        for p in same.parameters():
+            if p.dim() and p.shape[0] == same.n_members:
+                p.copy_(p[:1].expand_as(p))
+    assert same.disagreement(obs, act).abs().max() < 1e-5
+
+
+def test_phase_metrics_are_logged_as_their_phase_means_not_diluted_by_the_other_steps():
+    learner, buffers, cfg = _small("rambo", steps=4, pretrain=0)
+    cfg.log_every = cfg.checkpoint_every = 4
+    cfg.rambo.adv_every = 4                       # one adversarial phase in the only logged window
+    import pipeline.improvement as imp
+    phases = []
+    original = imp.adversarial_model_phase
+    imp.adversarial_model_phase = lambda L, b: phases.append(original(L, b)) or phases[-1]
+    try:
+        (curve,) = train(learner, buffers)
+    finally:
+        imp.adversarial_model_phase = original
+    assert len(phases) == 1 and len(curve) == 1
+    assert curve[0]["model_shift"] == pytest.approx(round(float(phases[0]["model_shift"][0]), 5), abs=1e-5)
+
+
 # -- policy evaluation on a chain with a known value ---------------------------------------------------
 @pytest.mark.parametrize("algo", ["csil", "awr"])
 def test_critic_pretraining_reaches_the_true_value_of_the_fixed_policy_on_a_chain(algo):
