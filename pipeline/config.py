@@ -132,6 +132,7 @@ class CSILConfig:
     kl_beta: float = 0.15                     # KL(pi || pi_BC) weight (CSIL: 0.01, drifts here), < alpha
     actor_lr: float = 3e-4                    # CSIL: Adam 3e-4
     grad_penalty: float = 1.0                 # weight of sqrt(E||dQ/da||^2) on demos in the critic loss (CSIL: 1)
+    normalise_q: bool = True                  # actor's Q term divided by the batch's mean |Q| (TD3+BC's scale rule)
 
 
 @dataclass
@@ -152,6 +153,7 @@ class RAMBOConfig:
     kl_beta: float = 0.15                     # as csil
     actor_lr: float = 3e-4
     grad_penalty: float = 1.0                 # as csil
+    normalise_q: bool = True                  # as csil
     rollout_every: int = 250
     rollout_starts: int = 5000
     rollout_demo_share: float = 0.5           # rollout (and adversary) starts drawn from demonstration states

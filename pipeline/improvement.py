@@ -277,8 +277,8 @@ class Learner:
                       **{f"bc_{w}{p}": (act_dim,) for w in ("", "next_") for p in ("loc", "std")}}
             self.model_buffers = [RingBuffer(rc.buffer_rollouts * rc.rollout_starts * rc.horizon, shapes, device)
                                   for _ in seeds]
-            # MOReL's HALT: a model transition where the elites disagree more than on (almost all of) the
-            # real data is terminal; set from the real data by `set_halt_threshold` (inf: never)
+            # MOReL's HALT: a model transition where the elites disagree more than on the real data (its
+            # rambo.halt_quantile quantile; 1.0: its maximum) is terminal; set by `set_halt_threshold` (inf: never)
             self.halt_threshold = torch.full((), float("inf"), device=device)
 
     @property
@@ -288,10 +288,11 @@ class Learner:
     @torch.no_grad()
     def set_halt_threshold(self, buffers: "SeedBuffers") -> None:
         """The ``rambo.halt_quantile`` quantile of the model's elite disagreement on the real transitions."""
-        obs = torch.cat([buffers.demos["obs"], buffers.other["obs"]])
-        act = torch.cat([buffers.demos["act"], buffers.other["act"]])
+        n = 1_000_000                       # torch.quantile's input limit (16M) is far; this bounds the cost
+        obs = torch.cat([buffers.demos["obs"], buffers.other["obs"]])[:n]
+        act = torch.cat([buffers.demos["act"], buffers.other["act"]])[:n]
         d = self.models[0].disagreement(obs, act)
-        self.halt_threshold = torch.quantile(d[:1_000_000].float(), self.cfg.rambo.halt_quantile)
+        self.halt_threshold = torch.quantile(d.float(), self.cfg.rambo.halt_quantile)
 
     def model_termination(self, k: int) -> Callable:
         """Seed k's termination in its model: the environment's rule, or HALT where the elites disagree."""
@@ -446,6 +447,8 @@ def csil_update(L: Learner, b: Batch, update_actor: bool) -> dict[str, torch.Ten
         a_pi, lp = L.actor_sample(b["obs"])
         kl = lp - L.bc_log_prob(b, a_pi)
         q_pi = L.q(b["obs"], a_pi, detach=True).min(1).values        # critic weights get no actor gradient
+        if getattr(L.cfg, L.algo).normalise_q:   # TD3+BC: the KL weight then means the same at any Q scale
+            q_pi = q_pi / q_pi.detach().abs().mean(-1, keepdim=True).clamp(min=1e-3)
         actor_loss = (beta * kl - q_pi).mean(-1)
         loss = loss + actor_loss.sum()
         opts.append(L.actor_opt)

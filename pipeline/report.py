@@ -441,7 +441,7 @@ def improve_section(data_dir: Path, run_names: list[str], figs: _Figures) -> str
         return _note("no improve runs in data/evaluate/summary.json")
     parts, long = [], []
     for name in run_names:
-        curve_path = data_dir / "improve" / name.rsplit("-", 1)[0] / name / "curve.tsv"     # <algo>/<algo>-<seed>
+        curve_path = data_dir / "improve" / name / "curve.tsv"     # <algo>-<seed>
         if not curve_path.exists():
             parts.append(f"<h3>{_e(name)}</h3>" + _note(f"missing: {curve_path}"))
             continue

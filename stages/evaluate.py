@@ -2,7 +2,7 @@
 
 Policies: `bc` (data/bc/baseline.pt, plain BC), `bc-<seed>` (data/bc/baselines/, the extra plain BC
 seeds when `bc.baseline_seeds` > 1; the `bc` aggregate covers them all), `csil_bc` (data/bc/policy.pt,
-CSIL's HetStat BC) and `<algo>-<seed>` for each algo x seed in params (data/improve/<algo>/<algo>-<seed>/policy.pt).
+CSIL's HetStat BC) and `<algo>-<seed>` for each algo x seed in params (data/improve/<algo>-<seed>/policy.pt).
 Writes data/evaluate/<name>/metrics.json (per-episode returns), data/evaluate/summary.json (rows,
 aggregates, gap closed, ablations, protocol) and data/evaluate/scores.json (IQMs, gap closed and
 normalised means: what runs compare). Episodes are reset from the reported seed range, disjoint from
@@ -45,7 +45,7 @@ def policy_paths(params: Params) -> dict[str, Path]:
     paths["csil_bc"] = Path("data/bc/policy.pt")
     for algo in params.improve.algos:
         for seed in params.improve.seeds:
-            paths[f"{algo}-{seed}"] = Path(f"data/improve/{algo}/{algo}-{seed}/policy.pt")
+            paths[f"{algo}-{seed}"] = Path(f"data/improve/{algo}-{seed}/policy.pt")
     return paths
 
 

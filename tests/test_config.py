@@ -155,7 +155,7 @@ def run_stage_script(cwd: Path, script: str, *args: str) -> subprocess.Completed
 
 @pytest.mark.parametrize("script,args,edit,key", [
     ("bc.py", (), lambda r: r["bc"].update(batch_size=0), "bc.batch_size"),
-    ("improve.py", ("--algo", "foo"), lambda r: r["improve"].update(algos=["foo"]), "improve.algos"),
+    ("improve.py", ("--algo", "foo", "--seed", "0"), lambda r: r["improve"].update(algos=["foo"]), "improve.algos"),
     ("ingest.py", (), lambda r: r.update(device="gpu"), "device"),
 ])
 def test_stage_refuses_bad_params_before_any_work(tmp_path, script, args, edit, key):

@@ -282,12 +282,12 @@ def test_evaluate_stage_writes_contract_files(tmp_path):
     run = lambda: subprocess.run([sys.executable, str(repo / "stages" / "evaluate.py")], cwd=tmp_path, env=env,
                                  capture_output=True, text=True, timeout=300)
     failed = run()
-    assert failed.returncode == 1 and "data/improve/awr/awr-3/policy.pt" in failed.stderr
+    assert failed.returncode == 1 and "data/improve/awr-3/policy.pt" in failed.stderr
     assert "Traceback" not in failed.stderr
 
     torch.manual_seed(0)
-    for path in ["data/bc/baseline.pt", "data/bc/policy.pt", "data/improve/awr/awr-3/policy.pt",
-                 "data/improve/awr/awr-9/policy.pt"]:
+    for path in ["data/bc/baseline.pt", "data/bc/policy.pt", "data/improve/awr-3/policy.pt",
+                 "data/improve/awr-9/policy.pt"]:
         save_policy(TanhGaussianMLP(11, 3, hidden=(16,)), tmp_path / path)
     (tmp_path / "data" / "evaluate" / "rambo-0").mkdir(parents=True)   # stale run from older params
     done = run()

@@ -121,6 +121,27 @@ def test_the_registry_has_every_learner_the_params_accept():
     assert set(ALGORITHMS) == {"csil", "awr", "awr_uniform", "rambo"}
 
 
+@pytest.mark.parametrize("normalise_q", [True, False])
+def test_normalised_q_makes_the_actor_step_independent_of_the_critic_scale(normalise_q):
+    """With ``normalise_q`` the actor's Q term is Q / mean|Q| (TD3+BC's rule), so a critic scaled by 10
+    gives the actor the same gradient, and kl_beta keeps its meaning whatever the reward's scale;
+    without it the Q term's gradient grows tenfold against the KL term's."""
+    grads = []
+    for scale in (1.0, 10.0):
+        learner, buffers, cfg = _small("csil", steps=1, pretrain=0)
+        cfg.csil.normalise_q = normalise_q
+        with torch.no_grad():
+            for name, p in learner.critic.params().items():
+                if name.startswith("l3."):
+                    p.mul_(scale)
+        ALGORITHMS["csil"].update(learner, buffers.mixed(cfg.batch_size, cfg.expert_ratio), True)
+        grads.append(torch.cat([p.grad.flatten() for p in learner.actor.parameters()]))
+    if normalise_q:
+        torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+    else:
+        assert (grads[1] - grads[0]).norm() > 0.5 * grads[0].norm()
+
+
 @pytest.mark.parametrize("algo", sorted(ALGORITHMS))
 def test_critic_pretraining_holds_the_actor_then_the_actor_moves(algo):
     learner, buffers, cfg = _small(algo, steps=0, pretrain=4)

@@ -87,19 +87,24 @@ def tiny(tmp_path_factory: pytest.TempPathFactory, _hopper_rollouts: list[dict])
 def test_dvc_repro_whole_pipeline(tiny: TinyRun) -> None:
     repo = tiny.repo
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
-    assert {"ingest", "bc", "reward", "dynamics", "improve@awr", "improve@rambo", "evaluate", "report"} <= set(lock)
+    assert {"ingest", "bc", "reward", "dynamics", "improve@awr-0", "improve@awr-1", "improve@rambo-0",
+            "improve@rambo-1", "evaluate", "report"} <= set(lock)
+    # one batched run per learner: seed 1's stage copied seed 0's batch, byte for byte the same artefacts
+    for algo in ("awr", "rambo"):
+        assert (repo / f"data/.batch/{algo}/{algo}-1/policy.pt").read_bytes() == \
+            (repo / f"data/improve/{algo}-1/policy.pt").read_bytes()
 
     summary = json.loads((repo / "data/evaluate/summary.json").read_text())
     assert set(summary["policies"]) == {"bc", "bc-1", "csil_bc", "awr-0", "awr-1", "rambo-0", "rambo-1"}
     assert summary["aggregates"]["bc"]["policies"] == ["bc", "bc-1"]     # the baseline over its seeds
-    improve = json.loads((repo / "data/improve/awr/awr-1/metrics.json").read_text())
+    improve = json.loads((repo / "data/improve/awr-1/metrics.json").read_text())
     assert {"final_demo_mse", "start_demo_mse"} <= set(improve)
     for name in summary["policies"]:
         row = json.loads((repo / f"data/evaluate/{name}/metrics.json").read_text())
         assert {"return_mean", "return_std", "normalized_mean", "normalized_std", "episodes"} <= set(row)
         assert row["episodes"] == 2
     assert {"awr", "rambo"} <= set(summary["aggregates"])
-    for path in ("data/bc/policy.pt", "data/improve/rambo/rambo-0/policy.pt", "data/dynamics/model.pt"):
+    for path in ("data/bc/policy.pt", "data/improve/rambo-0/policy.pt", "data/dynamics/model.pt"):
         torch.load(repo / path, weights_only=True)
     leftovers = [p for p in (repo / "data").rglob("*") if ".staging-" in p.name or p.suffix == ".tmp"
                  or p.name.startswith("resume") or (p.parent.name == ".resume" and p.is_file())]

@@ -79,10 +79,10 @@ def write_artefacts(root: Path, with_optional: bool = True) -> Path:
          "multistep": {"horizon": 5, "mse": 0.15, "baseline_mse": 1.2, "mse_per_step": [0.01, 0.03, 0.06, 0.1, 0.15],
                        "baseline_mse_per_step": [0.1, 0.3, 0.6, 0.9, 1.2]}}))
     for run in RUNS:
-        (data / "improve" / run.split("-")[0] / run).mkdir(parents=True)
+        (data / "improve" / run).mkdir(parents=True)
         pd.DataFrame({"step": np.arange(0, 5000, 1000), "critic_loss": rng.uniform(size=5),
                       "actor_loss": rng.uniform(size=5), "reward_mean": rng.uniform(size=5)}).to_csv(
-            data / "improve" / run.split("-")[0] / run / "curve.tsv", sep="\t", index=False)
+            data / "improve" / run / "curve.tsv", sep="\t", index=False)
     return data
 
 
@@ -183,7 +183,7 @@ def test_report_notes_missing_optional_artefacts(tmp_path):
     assert_offline(out, html)
     assert "scores.png" in html
     for missing in ["ingested/expert.h5", "bc/details.json", "reward/details.json", "dynamics/details.json",
-                    "improve/awr/awr-0/curve.tsv"]:
+                    "improve/awr-0/curve.tsv"]:
         assert missing in html
 
 
@@ -191,7 +191,7 @@ def test_report_tolerates_partial_and_odd_formats(tmp_path):
     data = write_artefacts(tmp_path)
     (data / "dynamics" / "details.json").write_text(json.dumps({"holdout_mse": 0.02, "elites": 5}))
     (data / "bc" / "curve.tsv").write_text("step\tloss\n0\t1.0\n")
-    (data / "improve" / "awr" / "awr-1" / "curve.tsv").write_text("nothing useful\n")
+    (data / "improve" / "awr-1" / "curve.tsv").write_text("nothing useful\n")
     out, html = render(tmp_path, data)
     assert_offline(out, html)
     assert "multistep.mse" in html and "not available" in html
