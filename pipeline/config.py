@@ -170,7 +170,7 @@ class RAMBOConfig:
 
 @dataclass
 class ImproveConfig:
-    algos: list[Algo] = field(default_factory=lambda: ["awr"])
+    algos: list[Algo] = field(default_factory=lambda: ["awr", "awr_uniform", "csil"])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     steps: int = 5000
     critic_pretrain_steps: int = 1000         # policy evaluation of the start actor before the actor moves
