@@ -169,12 +169,12 @@ def train_batch(algo: str, params: Params, seeds: list[int], device: torch.devic
     curves = train(learner, buffers, resume_path=resume, evaluate=evaluate, fingerprint=fp)
     wall = time.time() - start
     with staging_dir(BATCH_ROOT) as staging:
+        built = staging / algo
         for k, seed in enumerate(seeds):
-            _write_seed(staging / f"{algo}-{seed}", learner, k, algo, seed, cfg, curves[k], train_rows, bounds,
+            _write_seed(built / f"{algo}-{seed}", learner, k, algo, seed, cfg, curves[k], train_rows, bounds,
                         alpha, start_mse)
-        (staging / "fingerprint").write_text(fp)
-        replace_dir(staging, batch)
-        staging.mkdir()                   # staging_dir removes it on exit
+        (built / "fingerprint").write_text(fp)
+        replace_dir(built, batch)
     resume.unlink(missing_ok=True)
     log.info("%s: %d seeds x (%d + %d) steps in %.0fs (%.1f updates/s per seed)", algo, len(seeds),
              cfg.critic_pretrain_steps, cfg.steps, wall, (cfg.critic_pretrain_steps + cfg.steps) / max(wall, 1e-9))
