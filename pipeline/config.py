@@ -133,12 +133,16 @@ class CSILConfig:
     actor_lr: float = 3e-4                    # CSIL: Adam 3e-4
     grad_penalty: float = 1.0                 # weight of sqrt(E||dQ/da||^2) on demos in the critic loss (CSIL: 1)
     normalise_q: bool = True                  # actor's Q term divided by the batch's mean |Q| (TD3+BC's scale rule)
+    refine_reward: bool = False               # CSIL's reward refinement: the reward's policy keeps training with the critic
+    reward_lr: float = 1e-3                   # Adam rate of the refined reward's policy (CSIL: 1e-3)
+    refine_scale: float = 1.0                 # weight of the KL estimate on the other data (CSIL's scale_factor: 1)
 
 
 @dataclass
 class AWRConfig:
     expectile: float = 0.7
-    beta: float = 0.3
+    beta: float = 1.0
+    normalise_advantage: bool = True          # weights exp(beta * A / std(A)) over the batch: beta means the same at any reward scale
     max_weight: float = 100.0
     normalise_weights: bool = True            # per-source self-normalised weights (see improvement.py)
     actor_expert_share: float = 0.9           # the demonstrations' share of the normalised actor loss
@@ -376,6 +380,8 @@ RANGES: dict[str, Range] = {
     "improve.csil.kl_beta": NON_NEGATIVE,
     "improve.csil.actor_lr": POSITIVE,
     "improve.csil.grad_penalty": NON_NEGATIVE,
+    "improve.csil.reward_lr": POSITIVE,
+    "improve.csil.refine_scale": NON_NEGATIVE,
     "improve.awr.expectile": OPEN_UNIT,
     "improve.awr.beta": NON_NEGATIVE,
     "improve.awr.max_weight": POSITIVE,

@@ -50,7 +50,7 @@ from pipeline.config import ImproveConfig
 from pipeline.distributions import tanh_gaussian_log_prob, tanh_gaussian_sample
 from pipeline.nets import EnsembleLinear, adam
 from pipeline.policies import Policy
-from pipeline.reward import coherent_reward
+from pipeline.reward import coherent_reward, uniform_prior_log_prob
 from pipeline.utils import atomic_torch_save, progress
 from pipeline.vectorised import SeedRNG, SeedStack
 
@@ -204,8 +204,14 @@ def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
     return (weight * diff.pow(2)).mean(-1)
 
 
-def awr_weights(q: torch.Tensor, v: torch.Tensor, beta: float, max_weight: float) -> torch.Tensor:
-    return torch.exp(beta * (q - v)).clamp(max=max_weight)
+def awr_weights(q: torch.Tensor, v: torch.Tensor, beta: float, max_weight: float,
+                normalise: bool = False) -> torch.Tensor:
+    """exp(beta * A) capped at ``max_weight``, A = Q - V; with ``normalise`` A is divided by its std
+    over the last (batch) dim, so beta weighs z-scores whatever the reward's scale."""
+    adv = q - v
+    if normalise:
+        adv = adv / adv.std(-1, keepdim=True).clamp(min=1e-6)
+    return torch.exp(beta * adv).clamp(max=max_weight)
 
 
 def normalise_per_source(weights: torch.Tensor, is_expert: torch.Tensor, expert_share: float) -> torch.Tensor:
@@ -263,6 +269,11 @@ class Learner:
         self.critic_target = SeedStack(critics).requires_grad_(False)
         self.critic_opt = adam(self.critic.parameters(), cfg.critic_lr, device)
         self.actor_opt = adam(self.actor.parameters(), self.actor_lr, device)
+        # CSIL's reward refinement: each seed's own copy of the reward's policy keeps training (csil only)
+        self.reward_net = self.reward_opt = None
+        if getattr(getattr(cfg, algo, None), "refine_reward", False):
+            self.reward_net = SeedStack([copy.deepcopy(bc).to(device) for _ in seeds]).requires_grad_(True)
+            self.reward_opt = adam(self.reward_net.parameters(), cfg.csil.reward_lr, device)
         self.value = self.value_opt = None
         if self.spec.uses_value:
             self.value = SeedStack(per_seed(lambda: ValueNet(obs_dim, cfg.critic_hidden), 2))
@@ -349,6 +360,8 @@ class Learner:
         opts = {"critic_opt": self.critic_opt, "actor_opt": self.actor_opt}
         if self.value_opt is not None:
             opts["value_opt"] = self.value_opt
+        if self.reward_opt is not None:
+            opts["reward_opt"] = self.reward_opt
         return opts
 
     def state_dict(self) -> dict:
@@ -356,8 +369,9 @@ class Learner:
                  **({"halt_threshold": self.halt_threshold} if self.spec.uses_model else {}),
                  "critic_target": self.critic_target.state_dict(),
                  **{k: o.state_dict() for k, o in self.optimisers().items()}, "rng": self.rng.state()}
-        if self.value is not None:
-            state["value"] = self.value.state_dict()
+        for name in ("value", "reward_net"):
+            if getattr(self, name) is not None:
+                state[name] = getattr(self, name).state_dict()
         for k, (m, o, b) in enumerate(zip(self.models, self.model_opts, self.model_buffers)):
             state[f"model{k}"], state[f"model_opt{k}"], state[f"model_buffer{k}"] = m.state_dict(), o.state_dict(), \
                 b.state_dict()
@@ -367,7 +381,7 @@ class Learner:
         self.rng.load_state(state["rng"])
         if "halt_threshold" in state:
             self.halt_threshold = state["halt_threshold"]
-        for name in ("actor", "critic", "critic_target", "value"):
+        for name in ("actor", "critic", "critic_target", "value", "reward_net"):
             if name in state:
                 getattr(self, name).load_state_dict(state[name])
         for k, o in self.optimisers().items():
@@ -402,7 +416,7 @@ def awr_update(L: Learner, b: Batch, actor_b: Batch, update_actor: bool) -> dict
     loss = (value_loss + critic_loss).sum()
     with torch.no_grad():
         raw = awr_weights(L.q(actor_b["obs"], actor_b["act"], target=True).min(1).values,
-                          L.value(actor_b["obs"]), beta, cfg.max_weight)
+                          L.value(actor_b["obs"]), beta, cfg.max_weight, cfg.normalise_advantage)
         weights = normalise_per_source(raw, actor_b["is_expert"], cfg.actor_expert_share) \
             if cfg.normalise_weights else raw
     opts = [L.value_opt, L.critic_opt]
@@ -431,18 +445,41 @@ def _weighted_bc(L: Learner, b: Batch, weights: torch.Tensor, kind: str) -> torc
     return torch.stack(out)
 
 
+def refined_reward(L: Learner, b: Batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """CSIL's reward refinement on a csil batch: the reward from each seed's refined reward policy,
+    and that policy's loss -mean r(demos) + refine_scale * KL estimate on the other rows, the
+    estimate mean(exp(-max(r, -5)) - 1 + r) >= 0 of CSIL's code (it pulls the other data's reward
+    towards 0, the prior, and the demonstrations' up). Returns (S, B) rewards (detached, clipped at
+    r_min), the (S,) loss and its parts for the log."""
+    cfg = L.cfg.csil
+    loc, std = L.reward_net.call("dist_params", b["obs"])     # the density outside vmap: log_ndtr has no batch rule
+    r = L.alpha * (tanh_gaussian_log_prob(loc, std, b["act"]) - uniform_prior_log_prob(b["act"].shape[-1]))
+    demo = b["is_expert"]
+    other = 1.0 - demo
+    expert_r = (r * demo).sum(-1) / demo.sum(-1).clamp(min=1.0)
+    kl_est = ((torch.exp(-r.clamp(min=-5.0)) - 1.0 + r) * other).sum(-1) / other.sum(-1).clamp(min=1.0)
+    loss = -expert_r + cfg.refine_scale * kl_est
+    other_r = (r.detach() * other).sum(-1) / other.sum(-1).clamp(min=1.0)
+    return r.detach().clamp(min=L.bounds.r_min), loss, {"expert_reward": expert_r.detach(), "other_reward": other_r,
+                                                       "reward_kl_est": kl_est.detach()}
+
+
 def csil_update(L: Learner, b: Batch, update_actor: bool) -> dict[str, torch.Tensor]:
     """CSIL's KL-regularised soft actor-critic step (also rambo's, on its real/model batch)."""
     beta = L.kl_beta
+    refine = L.reward_net is not None and update_actor     # the reward is refined once the actor learns
+    rew, reward_loss, reward_info = refined_reward(L, b) if refine else (b["rew"], None, {})
     with torch.no_grad():
         a2, lp2 = L.actor_sample(b["next_obs"])
         soft_v = L.q(b["next_obs"], a2, target=True).min(1).values - beta * (lp2 - L.bc_log_prob(b, a2, nxt=True))
-        target = td_target(b["rew"], soft_v, b["terminal"], L.bounds)
+        target = td_target(rew, soft_v, b["terminal"], L.bounds)
     act = b["act"].detach().requires_grad_(True)        # for the penalty's dQ/da: one critic forward serves both
     q = L.q(b["obs"], act)
     critic_loss = (q - target.unsqueeze(1)).pow(2).mean((1, 2)) * 2
     grad_norm = action_grad_norm(q, act, b["is_expert"])
     loss, opts = (critic_loss + getattr(L.cfg, L.algo).grad_penalty * grad_norm).sum(), [L.critic_opt]
+    if refine:
+        loss, opts = loss + reward_loss.sum(), opts + [L.reward_opt]
     if update_actor:
         a_pi, lp = L.actor_sample(b["obs"])
         kl = lp - L.bc_log_prob(b, a_pi)
@@ -458,7 +495,7 @@ def csil_update(L: Learner, b: Batch, update_actor: bool) -> dict[str, torch.Ten
     _step(opts, loss)
     L.soft_update()
     return {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(), "q": q.detach().min(1).values.mean(-1),
-            "kl_to_bc": kl_mean, "action_grad_norm": grad_norm.detach()}
+            "kl_to_bc": kl_mean, "action_grad_norm": grad_norm.detach(), **reward_info}
 
 
 def action_grad_norm(q: torch.Tensor, act: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

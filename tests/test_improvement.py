@@ -15,7 +15,7 @@ from pipeline.bc import batch_sampler, fit
 from pipeline.config import ImproveConfig
 from pipeline.dynamics import EnsembleDynamics, fit_dynamics
 from pipeline.improvement import (ALGORITHMS, Bounds, Learner, RingBuffer, SeedBuffers, action_grad_norm, actor_lr_at,
-                                  awr_weights, expectile_loss, normalise_per_source, td_target, train)
+                                  awr_weights, expectile_loss, normalise_per_source, refined_reward, td_target, train)
 from pipeline.policies import HetStatPolicy
 from pipeline.reward import coherent_reward
 from pipeline.termination import make_termination_fn
@@ -72,6 +72,51 @@ def test_action_grad_norm_is_the_critic_slope_on_the_demonstration_rows_only():
     slope = (obs[:, :3] @ u).pow(2).mean(-1)                          # mean over the demonstration rows
     expected = (slope * w.pow(2).sum(-1)).sqrt()
     assert torch.allclose(action_grad_norm(critic(obs, act), act, is_expert), expected, atol=1e-5)
+
+
+def test_advantage_normalisation_makes_awr_weights_independent_of_the_reward_scale():
+    g = torch.Generator().manual_seed(0)
+    q, v = torch.randn(2, 64, generator=g), torch.randn(2, 64, generator=g)
+    w1 = awr_weights(q, v, 1.0, 100.0, normalise=True)
+    torch.testing.assert_close(w1, awr_weights(50 * q, 50 * v, 1.0, 100.0, normalise=True))
+    z = (q - v) / (q - v).std(-1, keepdim=True)
+    torch.testing.assert_close(w1, torch.exp(z).clamp(max=100.0))
+    assert not torch.allclose(awr_weights(q, v, 1.0, 100.0), awr_weights(50 * q, 50 * v, 1.0, 100.0))
+
+
+def test_reward_refinement_raises_the_demonstrations_reward_and_pulls_the_other_datas_to_the_prior():
+    """CSIL's refinement loss -mean r(demos) + KL estimate(other): trained alone, it raises the reward
+    of the demonstration rows and moves the other rows' reward towards 0 (the prior's level);
+    the pipeline's fixed reward (``refine_reward`` off) is untouched."""
+    learner, buffers, cfg = _small("csil", steps=1, pretrain=0)
+    assert learner.reward_net is None
+    cfg.csil.refine_reward = True
+    learner, buffers, cfg = _small_with(cfg)
+    g = torch.Generator().manual_seed(3)
+    batch = buffers.mixed(32, 0.5)
+    batch["act"][:, :16] = torch.tanh(learner.bc.dist_params(batch["obs"][0, :16])[0]).detach()  # demos: BC's actions
+    batch["act"][:, 16:] = torch.rand(1, 16, ACT, generator=g) * 2 - 1
+    batch["obs"][:, 16:] += 3.0                           # the other rows: states away from the demonstrations
+    r0, loss0, info0 = refined_reward(learner, batch)
+    for _ in range(200):
+        _, loss, _ = refined_reward(learner, batch)
+        learner.reward_opt.zero_grad()
+        loss.sum().backward()
+        learner.reward_opt.step()
+    r1, loss1, info1 = refined_reward(learner, batch)
+    assert loss1.item() < loss0.item()
+    assert info1["expert_reward"].item() > info0["expert_reward"].item() + 0.1
+    assert info1["reward_kl_est"].item() < info0["reward_kl_est"].item()
+    assert r1.shape == (1, 32) and not r1.requires_grad
+
+
+def _small_with(cfg: ImproveConfig):
+    """`_small`'s task with the learner built from ``cfg`` (its sizes reset to _small's)."""
+    learner, buffers, small_cfg = _small("csil", steps=1, pretrain=0)
+    small_cfg.csil = cfg.csil
+    learner = Learner("csil", copy.deepcopy(learner.bc), learner.bc, small_cfg, BOUNDS, 1 / ACT, [0],
+                      torch.device("cpu"))
+    return learner, SeedBuffers(buffers.demos, buffers.other, learner.bc, learner.rng), small_cfg
 
 
 def test_ring_buffer_keeps_the_latest_transitions():
