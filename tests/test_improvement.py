@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import sys
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -88,10 +89,9 @@ def test_reward_refinement_raises_the_demonstrations_reward_and_pulls_the_other_
     """CSIL's refinement loss -mean r(demos) + KL estimate(other): trained alone, it raises the reward
     of the demonstration rows and moves the other rows' reward towards 0 (the prior's level);
     the pipeline's fixed reward (``refine_reward`` off) is untouched."""
-    learner, buffers, cfg = _small("csil", steps=1, pretrain=0)
-    assert learner.reward_net is None
-    cfg.csil.refine_reward = True
-    learner, buffers, cfg = _small_with(cfg)
+    assert _small("csil", steps=1, pretrain=0)[0].reward_net is None
+    learner, buffers, _ = _small("csil", steps=1, pretrain=0,
+                                 configure=lambda cfg: setattr(cfg.csil, "refine_reward", True))
     g = torch.Generator().manual_seed(3)
     batch = buffers.mixed(32, 0.5)
     batch["act"][:, :16] = torch.tanh(learner.bc.dist_params(batch["obs"][0, :16])[0]).detach()  # demos: BC's actions
@@ -108,15 +108,6 @@ def test_reward_refinement_raises_the_demonstrations_reward_and_pulls_the_other_
     assert info1["expert_reward"].item() > info0["expert_reward"].item() + 0.1
     assert info1["reward_kl_est"].item() < info0["reward_kl_est"].item()
     assert r1.shape == (1, 32) and not r1.requires_grad
-
-
-def _small_with(cfg: ImproveConfig):
-    """`_small`'s task with the learner built from ``cfg`` (its sizes reset to _small's)."""
-    learner, buffers, small_cfg = _small("csil", steps=1, pretrain=0)
-    small_cfg.csil = cfg.csil
-    learner = Learner("csil", copy.deepcopy(learner.bc), learner.bc, small_cfg, BOUNDS, 1 / ACT, [0],
-                      torch.device("cpu"))
-    return learner, SeedBuffers(buffers.demos, buffers.other, learner.bc, learner.rng), small_cfg
 
 
 def test_ring_buffer_keeps_the_latest_transitions():
@@ -138,7 +129,8 @@ def test_actor_learning_rate_schedules():
 OBS, ACT = 11, 3
 
 
-def _small(algo: str, seeds=(0,), steps: int = 4, pretrain: int = 2, device: str = "cpu"):
+def _small(algo: str, seeds=(0,), steps: int = 4, pretrain: int = 2, device: str = "cpu",
+           configure: Callable[[ImproveConfig], None] | None = None):
     torch.manual_seed(0)
     bc = HetStatPolicy(OBS, ACT, hidden=32, features=32).to(device)
     with torch.no_grad():
@@ -150,6 +142,8 @@ def _small(algo: str, seeds=(0,), steps: int = 4, pretrain: int = 2, device: str
     cfg.awr.actor_batch_size = 32
     cfg.rambo.rollout_every, cfg.rambo.rollout_starts, cfg.rambo.horizon = 2, 16, 2
     cfg.rambo.adv_every, cfg.rambo.adv_steps, cfg.rambo.adv_batch = 2, 2, 16
+    if configure is not None:
+        configure(cfg)
     learner = Learner(algo, copy.deepcopy(bc), bc, cfg, BOUNDS, 1 / ACT, list(seeds), torch.device(device),
                       dynamics=dyn, termination_fn=make_termination_fn("Hopper-v5", "auto", 100.0))
     n = 64
