@@ -69,7 +69,7 @@ def setup(algo: str, n_seeds: int, obs_dim: int, act_dim: int, env_id: str, devi
     with torch.no_grad():
         bc.loc_weights.normal_(0, 0.3)
     dynamics = EnsembleDynamics(obs_dim, act_dim).to(device) if ALGORITHMS[algo].uses_model else None
-    learner = Learner(algo, HetStatPolicy(obs_dim, act_dim), bc, cfg, Bounds(-5.0, 3.0, cfg.gamma), 1.0 / act_dim,
+    learner = Learner(algo, HetStatPolicy(obs_dim, act_dim), bc, cfg, Bounds(-5.0, 3.0, cfg.section(algo).gamma), 1.0 / act_dim,
                       list(range(n_seeds)), device, dynamics, make_termination_fn(env_id, "auto", 100.0))
     n = 20_000
     obs = torch.randn(n, obs_dim, device=device) * 0.1 + torch.tensor([1.25] + [0.0] * (obs_dim - 1), device=device)

@@ -129,6 +129,7 @@ class DynamicsConfig:
 
 @dataclass
 class CSILConfig:
+    gamma: float = 0.9                        # discount (CSIL: 0.99; 0.9 reaches its horizon within the update budget)
     kl_beta: float = 0.15                     # KL(pi || pi_BC) weight (CSIL: 0.01, drifts here), < alpha
     actor_lr: float = 3e-4                    # CSIL: Adam 3e-4
     grad_penalty: float = 1.0                 # weight of sqrt(E||dQ/da||^2) on demos in the critic loss (CSIL: 1)
@@ -140,6 +141,7 @@ class CSILConfig:
 
 @dataclass
 class AWRConfig:
+    gamma: float = 0.99                       # discount (IQL's; 0.9 lost 26 on hopper)
     expectile: float = 0.7
     beta: float = 1.0
     normalise_advantage: bool = True          # weights exp(beta * A / std(A)) over the batch: beta means the same at any reward scale
@@ -154,6 +156,7 @@ class AWRConfig:
 
 @dataclass
 class RAMBOConfig:
+    gamma: float = 0.9                        # as csil
     kl_beta: float = 0.15                     # as csil
     actor_lr: float = 3e-4
     grad_penalty: float = 1.0                 # as csil
@@ -179,7 +182,6 @@ class ImproveConfig:
     steps: int = 5000
     critic_pretrain_steps: int = 1000         # policy evaluation of the start actor before the actor moves
     batch_size: int = 256
-    gamma: float = 0.99
     tau: float = 0.005
     critic_lr: float = 3e-4
     critic_hidden: int = 256                  # width of the critics' (and AWR's value net's) two hidden layers
@@ -192,6 +194,10 @@ class ImproveConfig:
     csil: CSILConfig = field(default_factory=CSILConfig)
     awr: AWRConfig = field(default_factory=AWRConfig)
     rambo: RAMBOConfig = field(default_factory=RAMBOConfig)
+
+    def section(self, algo: str) -> CSILConfig | AWRConfig | RAMBOConfig:
+        """The learner's own settings (awr_uniform shares awr's)."""
+        return self.awr if algo in ("awr", "awr_uniform") else getattr(self, algo)
 
 
 @dataclass
@@ -368,7 +374,6 @@ RANGES: dict[str, Range] = {
     "improve.steps": COUNT,
     "improve.critic_pretrain_steps": COUNT,    # no actor follows an untrained critic
     "improve.batch_size": Range(2),
-    "improve.gamma": OPEN_UNIT,
     "improve.tau": Range(0, 1, low_open=True),
     "improve.critic_lr": POSITIVE,
     "improve.critic_hidden": COUNT,
@@ -377,17 +382,20 @@ RANGES: dict[str, Range] = {
     "improve.checkpoint_every": COUNT,
     "improve.eval_every": NON_NEGATIVE,        # 0 = off
     "improve.eval_episodes": EPISODES,
+    "improve.csil.gamma": OPEN_UNIT,
     "improve.csil.kl_beta": NON_NEGATIVE,
     "improve.csil.actor_lr": POSITIVE,
     "improve.csil.grad_penalty": NON_NEGATIVE,
     "improve.csil.reward_lr": POSITIVE,
     "improve.csil.refine_scale": NON_NEGATIVE,
+    "improve.awr.gamma": OPEN_UNIT,
     "improve.awr.expectile": OPEN_UNIT,
     "improve.awr.beta": NON_NEGATIVE,
     "improve.awr.max_weight": POSITIVE,
     "improve.awr.actor_expert_share": OPEN_UNIT,
     "improve.awr.actor_batch_size": Range(2),
     "improve.awr.actor_lr": POSITIVE,
+    "improve.rambo.gamma": OPEN_UNIT,
     "improve.rambo.kl_beta": NON_NEGATIVE,
     "improve.rambo.actor_lr": POSITIVE,
     "improve.rambo.grad_penalty": NON_NEGATIVE,

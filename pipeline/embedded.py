@@ -24,7 +24,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 import warnings
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ from tqdm import tqdm
 from pipeline.envs import D4RL_REF_SCORES, to_env_action
 from pipeline.errors import DatasetError
 from pipeline.minari_source import minari_datasets_path
-from pipeline.utils import progress, remove_stale_staging, staging_dir
+from pipeline.utils import progress, remove_stale_staging, replace_dir, staging_dir
 
 log = logging.getLogger(__name__)
 
@@ -214,10 +213,7 @@ def ensure_embedded(name: str) -> tuple[str, Path]:
         episodes = build_buffers(name)
         with staging_dir(root.parent) as staging:
             _write_minari(name, episodes, staging)
-            target = root / Path(*dataset_id(name).split("/"))
-            shutil.rmtree(target, ignore_errors=True)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staging / Path(*dataset_id(name).split("/")), target)
+            replace_dir(staging / Path(*dataset_id(name).split("/")), root / Path(*dataset_id(name).split("/")))
         marker.write_text(json.dumps({"episodes": len(episodes), "seconds": round(time.time() - start, 1)}))
         log.info("built embedded:%s (%d episodes, %d transitions) in %.1fs", name, len(episodes),
                  sum(len(e["actions"]) for e in episodes), time.time() - start)

@@ -6,13 +6,14 @@ Learners (the registry `ALGORITHMS`; one flat update function each):
                actor loss  beta * (log pi(a|s) - log pi_BC(a|s)) - min Q(s, a),  a ~ pi
                critic      (Q - [r + gamma * soft V(s')])^2 with LayerNorm critics,
                            soft V(s') = min Q'(s', a') - beta * (log pi - log pi_BC)(a'|s')
-  awr          IQL-style advantage-weighted regression (expectile V, TD Q, exp(beta_awr * A)).
+  awr          IQL-style advantage-weighted regression (expectile V, TD Q, weights
+               exp(beta_awr * A / std(A)) with awr.normalise_advantage).
   awr_uniform  the same with beta_awr = 0 (uniform weights, same source shares): the ablation
                that shows what the critic adds.
   rambo        the csil learner trained on a mix of real data and model rollouts (started from
                demonstration and other states), with RAMBO's adversarial model update.
 
-Every learner first evaluates its starting policy (BC stage 1) for ``critic_pretrain_steps``
+Every learner first evaluates its starting policy (see `Algorithm.actor_start`) for ``critic_pretrain_steps``
 updates with the actor held fixed, so no actor follows an untrained critic (CSIL pre-trains
 its critic the same way, by policy evaluation on the demonstrations).
 
@@ -50,7 +51,7 @@ from pipeline.config import ImproveConfig
 from pipeline.distributions import tanh_gaussian_log_prob, tanh_gaussian_sample
 from pipeline.nets import EnsembleLinear, adam
 from pipeline.policies import Policy
-from pipeline.reward import coherent_reward, uniform_prior_log_prob
+from pipeline.reward import coherent_reward, coherent_reward_from_dist
 from pipeline.utils import atomic_torch_save, progress
 from pipeline.vectorised import SeedRNG, SeedStack
 
@@ -198,6 +199,11 @@ def actor_lr_at(step: int, lr: float, steps: int, schedule: str) -> float:
     return lr * 0.5 * (1.0 + math.cos(math.pi * step / steps))
 
 
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x`` over the last dim where ``mask`` is 1 (0 where no row is selected)."""
+    return (x * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+
+
 def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
     """Mean over the last dim of |expectile - 1(diff < 0)| * diff^2."""
     weight = torch.where(diff > 0, expectile, 1.0 - expectile)
@@ -238,8 +244,8 @@ class Algorithm:
     update: Callable[..., dict[str, torch.Tensor]]
     uses_value: bool
     uses_model: bool
-    # "reference": the stage-2 BC policy itself (CSIL's code: the pre-trained policy is both the actor's
-    # start and the KL reference, so the actor starts at KL 0); "stage1": BC on demos + other data
+    # "stage1": BC on demos + other data, as CSIL's offline code starts its actor (the KL reference and the
+    # reward are the stage-2 policy); "reference": the stage-2 policy itself (the actor starts at KL 0)
     actor_start: str = "stage1"
 
 
@@ -313,7 +319,7 @@ class Learner:
 
     @property
     def actor_lr(self) -> float:
-        return self.cfg.awr.actor_lr if self.spec.name in ("awr", "awr_uniform") else getattr(self.cfg, self.algo).actor_lr
+        return self.cfg.section(self.algo).actor_lr
 
     @property
     def kl_beta(self) -> float:
@@ -452,14 +458,13 @@ def refined_reward(L: Learner, b: Batch) -> tuple[torch.Tensor, torch.Tensor, di
     towards 0, the prior, and the demonstrations' up). Returns (S, B) rewards (detached, clipped at
     r_min), the (S,) loss and its parts for the log."""
     cfg = L.cfg.csil
-    loc, std = L.reward_net.call("dist_params", b["obs"])     # the density outside vmap: log_ndtr has no batch rule
-    r = L.alpha * (tanh_gaussian_log_prob(loc, std, b["act"]) - uniform_prior_log_prob(b["act"].shape[-1]))
+    r = coherent_reward_from_dist(*L.reward_net.call("dist_params", b["obs"]), b["act"], L.alpha)
     demo = b["is_expert"]
     other = 1.0 - demo
-    expert_r = (r * demo).sum(-1) / demo.sum(-1).clamp(min=1.0)
-    kl_est = ((torch.exp(-r.clamp(min=-5.0)) - 1.0 + r) * other).sum(-1) / other.sum(-1).clamp(min=1.0)
+    expert_r = masked_mean(r, demo)
+    kl_est = masked_mean(torch.exp(-r.clamp(min=-5.0)) - 1.0 + r, other)
     loss = -expert_r + cfg.refine_scale * kl_est
-    other_r = (r.detach() * other).sum(-1) / other.sum(-1).clamp(min=1.0)
+    other_r = masked_mean(r.detach(), other)
     return r.detach().clamp(min=L.bounds.r_min), loss, {"expert_reward": expert_r.detach(), "other_reward": other_r,
                                                        "reward_kl_est": kl_est.detach()}
 
@@ -504,14 +509,14 @@ def action_grad_norm(q: torch.Tensor, act: torch.Tensor, mask: torch.Tensor) -> 
     regulariser. Penalising it keeps Q flat in the action around the demonstrations, so the actor is
     not pulled off them by the critic's extrapolation."""
     (grad,) = torch.autograd.grad(q.mean(1).sum(), act, create_graph=True)
-    return ((grad.pow(2).sum(-1) * mask).sum(-1) / mask.sum(-1).clamp(min=1.0) + 1e-12).sqrt()
+    return (masked_mean(grad.pow(2).sum(-1), mask) + 1e-12).sqrt()
 
 
 ALGORITHMS: dict[str, Algorithm] = {
-    "csil": Algorithm("csil", csil_update, uses_value=False, uses_model=False, actor_start="reference"),
+    "csil": Algorithm("csil", csil_update, uses_value=False, uses_model=False),
     "awr": Algorithm("awr", awr_update, uses_value=True, uses_model=False),
     "awr_uniform": Algorithm("awr_uniform", awr_update, uses_value=True, uses_model=False),
-    "rambo": Algorithm("rambo", csil_update, uses_value=False, uses_model=True, actor_start="reference"),
+    "rambo": Algorithm("rambo", csil_update, uses_value=False, uses_model=True),
 }
 
 

@@ -10,8 +10,6 @@ import hashlib
 import html
 import json
 import logging
-import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Callable
@@ -23,6 +21,7 @@ from matplotlib.figure import Figure
 
 from pipeline.datasets import EpisodeDataset
 from pipeline.errors import ArtefactError
+from pipeline.utils import replace_dir, staging_dir
 
 log = logging.getLogger("report")
 
@@ -485,10 +484,9 @@ def build_report(data_dir: Path = Path("data"), out_dir: Path = Path("data/repor
     if not isinstance(summary.get("policies"), dict) or not summary["policies"]:
         raise ArtefactError(f"{summary_path}: no 'policies'; re-run `dvc repro evaluate`")
 
-    staging = out_dir.parent / f".{out_dir.name}.staging-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
+    with staging_dir(out_dir.parent) as staging_root:
+        staging = staging_root / out_dir.name
+        staging.mkdir()
         figs = _Figures(staging)
         group_of = {n: g for g, a in summary.get("aggregates", {}).items() for n in a.get("policies", [])}
         run_names = [n for n in summary["policies"] if group_of.get(n, n) not in FIXED_GROUPS]
@@ -522,8 +520,5 @@ def build_report(data_dir: Path = Path("data"), out_dir: Path = Path("data/repor
 </body></html>
 """
         (staging / "index.html").write_text(page)
-        shutil.rmtree(out_dir, ignore_errors=True)
-        os.replace(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        replace_dir(staging, out_dir)
     return out_dir / "index.html"

@@ -12,6 +12,7 @@ import math
 import numpy as np
 import torch
 
+from pipeline.distributions import tanh_gaussian_log_prob
 from pipeline.policies import Policy
 
 
@@ -25,7 +26,13 @@ def resolve_alpha(alpha: str | float, act_dim: int) -> float:
 
 def coherent_reward(policy: Policy, obs: torch.Tensor, act: torch.Tensor, alpha: float) -> torch.Tensor:
     """alpha * (log q(a|s) - log p(a|s)) for a batch; differentiable w.r.t. the policy."""
-    return alpha * (policy.log_prob(obs, act) - uniform_prior_log_prob(act.shape[-1]))
+    return coherent_reward_from_dist(*policy.dist_params(obs), act, alpha)
+
+
+def coherent_reward_from_dist(loc: torch.Tensor, std: torch.Tensor, act: torch.Tensor, alpha: float) -> torch.Tensor:
+    """The coherent reward from q's tanh-Gaussian parameters at the states (for seed-stacked policies,
+    whose density is evaluated outside vmap: ``log_ndtr`` has no batching rule)."""
+    return alpha * (tanh_gaussian_log_prob(loc, std, act) - uniform_prior_log_prob(act.shape[-1]))
 
 
 @torch.no_grad()

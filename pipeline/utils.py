@@ -96,6 +96,18 @@ def staging_dir(parent: str | Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def replace_dir(src: str | Path, dst: str | Path) -> None:
+    """Move the finished folder ``src`` onto ``dst`` (same filesystem), replacing what was there: the old
+    folder is renamed aside first, so ``dst`` is never a half-removed folder."""
+    src, dst = Path(src), Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+    if dst.exists():
+        os.replace(dst, old)
+    os.replace(src, dst)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 class _LogBar(tqdm):
     """A bar for logs: a new postfix waits for the next rate-limited refresh instead of forcing one."""
 

@@ -8,9 +8,9 @@ seeds' stages copy theirs from there, or train the batch themselves when it is m
 
 Reads the demonstrations' training rows (the split BC uses: held-out rows stay held out for every
 method), the other data, their coherent rewards from the reward stage (data/reward/rewards.h5), the
-BC stage-1 actor awr starts from and the stage-2 policy (the KL reference csil and rambo also start
-from, as CSIL's code does; the reward of model transitions); rambo also data/dynamics/model.pt and
-the termination rule stored with it.
+BC stage-1 actor every learner starts from (as CSIL's offline code does) and the stage-2 policy (the
+KL reference of csil and rambo; the reward of model transitions); rambo also data/dynamics/model.pt
+and the termination rule stored with it.
 Writes data/improve/<algo>-<seed>/{policy.pt, metrics.json, curve.tsv}. A killed run resumes from
 data/.resume/improve-<algo>.pt (outside every tracked output).
 """
@@ -20,7 +20,6 @@ import argparse
 import hashlib
 import json
 import logging
-import os
 import shutil
 import time
 from dataclasses import asdict
@@ -38,7 +37,7 @@ from pipeline.errors import ArtefactError
 from pipeline.improvement import ALGORITHMS, Bounds, Learner, SeedBuffers, demo_mse, train
 from pipeline.policies import load_policy, save_policy
 from pipeline.stage import run_stage
-from pipeline.utils import atomic_json, atomic_write, content_hash, resolve_device, staging_dir
+from pipeline.utils import atomic_json, atomic_write, content_hash, replace_dir, resolve_device, staging_dir
 
 INPUTS = ["data/ingested/expert.h5", "data/ingested/suboptimal.h5", "data/reward/rewards.h5",
           "data/bc/policy.pt", "data/bc/stage1.pt"]
@@ -60,16 +59,6 @@ def fingerprint(algo: str, sections: dict, inputs: list[str]) -> str:
         h.update(Path(path).read_bytes())
     h.update(content_hash(CODE).encode())
     return h.hexdigest()
-
-
-def replace_dir(src: Path, dst: Path) -> None:
-    """Move the finished folder ``src`` onto ``dst`` (same filesystem), replacing what was there."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-    if dst.exists():
-        os.replace(dst, old)
-    os.replace(src, dst)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def copy_seed(batch: Path, algo: str, seed: int) -> None:
@@ -142,7 +131,7 @@ def train_batch(algo: str, params: Params, seeds: list[int], device: torch.devic
         return {k: v[torch.as_tensor(rows, device=device)] for k, v in data.items()} if rows is not None else data
 
     demos, rest = tensors(expert, r_exp, train_rows), tensors(other, r_other)
-    bounds = Bounds(r_min=params.reward.r_min, r_max=float(demos["rew"].max()), gamma=cfg.gamma)
+    bounds = Bounds(r_min=params.reward.r_min, r_max=float(demos["rew"].max()), gamma=cfg.section(algo).gamma)
     dynamics, termination_fn = None, None
     if ALGORITHMS[algo].uses_model:
         from pipeline.dynamics import load_dynamics

@@ -101,7 +101,7 @@ def test_every_number_has_a_range():
 # (edit of params.yaml, the key the one-line error must name, a piece of what is valid)
 BAD_PARAMS = [
     ("bc.batch_size: 0", lambda r: r["bc"].update(batch_size=0), "bc.batch_size", ">= 1"),
-    ("improve.gamma: 1.2", lambda r: r["improve"].update(gamma=1.2), "improve.gamma", "in (0, 1)"),
+    ("improve.csil.gamma: 1.2", lambda r: r["improve"]["csil"].update(gamma=1.2), "improve.csil.gamma", "in (0, 1)"),
     ("improve.tau: 2", lambda r: r["improve"].update(tau=2), "improve.tau", "in (0, 1]"),
     ("bc.val_fraction: 1.5", lambda r: r["bc"].update(val_fraction=1.5), "bc.val_fraction", "in (0, 1)"),
     ("bc.stage1_steps: -1", lambda r: r["bc"].update(stage1_steps=-1), "bc.stage1_steps", ">= 1"),

@@ -344,7 +344,7 @@ def test_critic_pretraining_reaches_the_true_value_of_the_fixed_policy_on_a_chai
     torch.manual_seed(0)
     policy = HetStatPolicy(4, 1, hidden=32, features=32)
     cfg = ImproveConfig(steps=0, critic_pretrain_steps=1000, batch_size=128, log_every=1000, checkpoint_every=1000,
-                        eval_every=0, gamma=gamma, critic_lr=1e-3, tau=0.02, critic_hidden=64)
+                        eval_every=0, critic_lr=1e-3, tau=0.02, critic_hidden=64)
     cfg.awr.expectile = 0.5
     learner = Learner(algo, copy.deepcopy(policy), policy, cfg, bounds, 1.0, [0], torch.device("cpu"))
     train(learner, SeedBuffers(data, data, policy, learner.rng))

@@ -9,8 +9,8 @@ import torch
 
 from pipeline.bc import batch_sampler, fit
 from pipeline.policies import HetStatPolicy
-from pipeline.reward import (coherent_reward, coherent_reward_batched, resolve_alpha, reward_audit, roc_auc,
-                             uniform_prior_log_prob)
+from pipeline.reward import (coherent_reward, coherent_reward_batched, coherent_reward_from_dist, resolve_alpha,
+                             reward_audit, roc_auc, uniform_prior_log_prob)
 
 
 def test_coherent_reward_is_scaled_log_ratio_to_uniform_prior():
@@ -23,6 +23,7 @@ def test_coherent_reward_is_scaled_log_ratio_to_uniform_prior():
     assert uniform_prior_log_prob(3) == pytest.approx(-3 * math.log(2))
     assert resolve_alpha("auto", 4) == 0.25 and resolve_alpha(0.1, 4) == 0.1
     assert torch.allclose(coherent_reward_batched(policy, obs, act, 0.5, chunk=3), r.detach())
+    assert torch.allclose(coherent_reward_from_dist(*policy.dist_params(obs), act, 0.5), r)   # the seed-stacked path
 
 
 def test_roc_auc_known_values():

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pipeline.datasets import EpisodeDataset
-from pipeline.utils import atomic_torch_save, progress, staging_dir
+from pipeline.utils import atomic_torch_save, progress, replace_dir, staging_dir
 
 
 def test_atomic_torch_save_gives_the_same_bytes_wherever_it_writes(tmp_path: Path) -> None:
@@ -44,6 +44,19 @@ def test_staging_dir_is_removed_and_clears_dead_writers(tmp_path: Path) -> None:
             (staging / "file").write_text("x")
             raise RuntimeError("killed mid-write")
     assert sorted(p.name for p in tmp_path.iterdir()) == [alive.name]
+
+
+def test_replace_dir_swaps_a_finished_folder_in_and_leaves_nothing_aside(tmp_path: Path) -> None:
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "a").write_text("new")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "old-only").write_text("old")
+    replace_dir(tmp_path / "new", tmp_path / "out")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["a"] and (tmp_path / "out" / "a").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]                  # no source, no renamed-aside copy
+    (tmp_path / "again").mkdir()
+    replace_dir(tmp_path / "again", tmp_path / "fresh" / "out")                   # no previous folder, no parent yet
+    assert (tmp_path / "fresh" / "out").is_dir() and not (tmp_path / "again").exists()
 
 
 def test_progress_updates_at_most_once_a_minute_off_a_terminal(capsys: pytest.CaptureFixture) -> None:
