@@ -9,13 +9,14 @@ Learners (the registry `ALGORITHMS`; one flat update function each):
   awr          IQL-style advantage-weighted regression (expectile V, TD Q, weights
                exp(beta_awr * A / std(A)) with awr.normalise_advantage).
   awr_uniform  the same with beta_awr = 0 (uniform weights, same source shares): the ablation
-               that shows what the critic adds.
+               that shows what the critic adds. Its weights do not depend on Q or V, so it
+               trains no critic (the same policy as awr with beta 0, at a third of the cost).
   rambo        the csil learner trained on a mix of real data and model rollouts (started from
                demonstration and other states), with RAMBO's adversarial model update.
 
-Every learner first evaluates its starting policy (see `Algorithm.actor_start`) for ``critic_pretrain_steps``
-updates with the actor held fixed, so no actor follows an untrained critic (CSIL pre-trains
-its critic the same way, by policy evaluation on the demonstrations).
+Every learner that uses a critic first evaluates its starting policy (see `Algorithm.actor_start`)
+for ``critic_pretrain_steps`` updates with the actor held fixed, so no actor follows an untrained
+critic (CSIL pre-trains its critic the same way, by policy evaluation on the demonstrations).
 
 Terminal handling (method.md section 4): a terminal transition bootstraps from the absorbing
 value V_term = r_min / (1 - gamma), not 0; timeouts bootstrap from V(s'); targets are clipped
@@ -411,7 +412,7 @@ def awr_update(L: Learner, b: Batch, actor_b: Batch, update_actor: bool) -> dict
     """IQL: V by expectile regression on min Q'(s, a_data), Q by TD to r + gamma V(s'), then the
     actor by the advantage-weighted log-likelihood of the data actions (per-source normalised)."""
     cfg = L.cfg.awr
-    beta = 0.0 if L.algo == "awr_uniform" else cfg.beta
+    beta = cfg.beta
     with torch.no_grad():
         q_target = L.q(b["obs"], b["act"], target=True).min(1).values               # (S, B)
         target = td_target(b["rew"], L.value(b["next_obs"]), b["terminal"], L.bounds)
@@ -427,9 +428,7 @@ def awr_update(L: Learner, b: Batch, actor_b: Batch, update_actor: bool) -> dict
             if cfg.normalise_weights else raw
     opts = [L.value_opt, L.critic_opt]
     if update_actor:
-        loc, std = L.actor_dist(actor_b["obs"])
-        actor_loss = -(weights * tanh_gaussian_log_prob(loc, std, actor_b["act"])).mean(-1) \
-            if cfg.actor_loss == "nll" else _weighted_bc(L, actor_b, weights, cfg.actor_loss)
+        actor_loss = _awr_actor_loss(L, actor_b, weights)
         loss = loss + actor_loss.sum()
         opts.append(L.actor_opt)
     else:
@@ -440,6 +439,30 @@ def awr_update(L: Learner, b: Batch, actor_b: Batch, update_actor: bool) -> dict
             "actor_loss": actor_loss.detach(), "q": q_target.mean(-1),
             "weight_clipped": (raw >= cfg.max_weight).float().mean(-1),
             "weight_ess": weights.sum(-1).square() / (weights.shape[-1] * weights.square().sum(-1)).clamp(min=1e-12)}
+
+
+def awr_uniform_update(L: Learner, b: Batch, actor_b: Batch, update_actor: bool) -> dict[str, torch.Tensor]:
+    """The critic's ablation: AWR's actor step with beta 0. Its weights exp(0 * A) are 1 whatever Q
+    and V are, so it trains no critic: its policy is exactly that of `awr_update` with beta 0, which
+    would train critics it never uses (tested), for about a third of the cost. ``b`` is unused; the
+    loop still draws it so the actor sees the same batches as there."""
+    cfg = L.cfg.awr
+    weights = torch.ones_like(actor_b["is_expert"])
+    if cfg.normalise_weights:
+        weights = normalise_per_source(weights, actor_b["is_expert"], cfg.actor_expert_share)
+    if not update_actor:
+        return {"actor_loss": torch.zeros(L.n, device=L.device)}
+    actor_loss = _awr_actor_loss(L, actor_b, weights)
+    _step([L.actor_opt], actor_loss.sum())
+    return {"actor_loss": actor_loss.detach()}
+
+
+def _awr_actor_loss(L: Learner, actor_b: Batch, weights: torch.Tensor) -> torch.Tensor:
+    """(S,) the weighted regression of the data actions: log-likelihood (IQL) or a weighted BC loss."""
+    if L.cfg.awr.actor_loss == "nll":
+        loc, std = L.actor_dist(actor_b["obs"])
+        return -(weights * tanh_gaussian_log_prob(loc, std, actor_b["act"])).mean(-1)
+    return _weighted_bc(L, actor_b, weights, L.cfg.awr.actor_loss)
 
 
 def _weighted_bc(L: Learner, b: Batch, weights: torch.Tensor, kind: str) -> torch.Tensor:
@@ -515,7 +538,7 @@ def action_grad_norm(q: torch.Tensor, act: torch.Tensor, mask: torch.Tensor) -> 
 ALGORITHMS: dict[str, Algorithm] = {
     "csil": Algorithm("csil", csil_update, uses_value=False, uses_model=False),
     "awr": Algorithm("awr", awr_update, uses_value=True, uses_model=False),
-    "awr_uniform": Algorithm("awr_uniform", awr_update, uses_value=True, uses_model=False),
+    "awr_uniform": Algorithm("awr_uniform", awr_uniform_update, uses_value=True, uses_model=False),
     "rambo": Algorithm("rambo", csil_update, uses_value=False, uses_model=True),
 }
 
@@ -692,7 +715,7 @@ def train(L: Learner, buffers: SeedBuffers, *, resume_path: Path | None = None, 
             for curve, row in zip(curves, rows):
                 curve.append(row)
             log.debug("%s step %d: %.1f updates/s", L.algo, done, count / max(time.time() - start, 1e-9))
-            bar.set_postfix(q=f"{rows[0]['q']:.1f}", actor=f"{rows[0]['actor_loss']:.3f}")
+            bar.set_postfix(q=f"{rows[0].get('q', float('nan')):.1f}", actor=f"{rows[0]['actor_loss']:.3f}")
             sums, counts, count, start = {}, {}, 0, time.time()
             if resume_path is not None and done % cfg.checkpoint_every == 0 and done < total:
                 atomic_torch_save({"fingerprint": fingerprint, "step": done, "curves": curves,

@@ -189,11 +189,28 @@ def test_critic_pretraining_holds_the_actor_then_the_actor_moves(algo):
     critic0 = copy.deepcopy(learner.critic.state_dict())
     curves = train(learner, buffers)
     assert all(torch.equal(v, learner.actor.state_dict()[k]) for k, v in actor0.items())
-    assert not all(torch.equal(v, learner.critic.state_dict()[k]) for k, v in critic0.items())
+    critic_moved = not all(torch.equal(v, learner.critic.state_dict()[k]) for k, v in critic0.items())
+    assert critic_moved == (algo != "awr_uniform")    # the ablation's uniform weights need no critic
     assert [r["phase"] for r in curves[0]] == ["pretrain", "pretrain"]
     learner2, buffers2, _ = _small(algo, steps=2, pretrain=2)
     train(learner2, buffers2)
     assert not all(torch.equal(v, learner2.actor.state_dict()[k]) for k, v in actor0.items())
+
+
+def test_awr_uniform_is_awr_with_beta_zero_without_training_its_critic():
+    """The ablation trains no critic, and its policy is exactly awr's with beta 0 (which trains critics
+    its uniform weights never read) after pre-training and updates, seed by seed."""
+    def beta_zero(cfg: ImproveConfig) -> None:
+        cfg.awr.beta = 0.0
+    with_critic, w_buffers, _ = _small("awr", seeds=(0, 1), steps=12, pretrain=4, configure=beta_zero)
+    uniform, u_buffers, _ = _small("awr_uniform", seeds=(0, 1), steps=12, pretrain=4)
+    critic0 = copy.deepcopy(uniform.critic.state_dict())
+    train(with_critic, w_buffers)
+    train(uniform, u_buffers)
+    for (k, v), w in zip(with_critic.actor.state_dict().items(), uniform.actor.state_dict().values()):
+        assert torch.equal(v, w), k
+    assert all(torch.equal(v, uniform.critic.state_dict()[k]) for k, v in critic0.items())
+    assert not all(torch.equal(v, with_critic.critic.state_dict()[k]) for k, v in critic0.items())
 
 
 @pytest.mark.parametrize("algo", sorted(ALGORITHMS))
