@@ -85,7 +85,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--env", choices=sorted(ENVS), default="halfcheetah")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 3, 5])
-    parser.add_argument("--algos", nargs="+", default=["csil", "awr", "rambo"])
+    parser.add_argument("--algos", nargs="+", default=["csil", "awr", "awr_uniform", "rambo"])
     parser.add_argument("--reps", type=int, default=10)
     args = parser.parse_args()
     env_id, obs_dim, act_dim = ENVS[args.env]
