@@ -101,7 +101,7 @@ def main() -> None:
             if algo == "rambo":
                 model_rollouts(learner, buffers.start_states(cfg.rambo.rollout_starts, cfg.rambo.rollout_demo_share))
                 step = lambda: learner.spec.update(learner, real_and_model_batch(learner, buffers), True)
-            elif learner.spec.uses_value:
+            elif learner.spec.awr_actor:
                 step = lambda: learner.spec.update(learner, buffers.mixed(cfg.batch_size, cfg.expert_ratio),
                                                    buffers.mixed(cfg.awr.actor_batch_size, cfg.expert_ratio), True)
             else:

@@ -245,6 +245,9 @@ class Algorithm:
     update: Callable[..., dict[str, torch.Tensor]]
     uses_value: bool
     uses_model: bool
+    # the actor step is AWR's weighted regression: its own batch of improve.awr.actor_batch_size rows
+    # and improve.awr.actor_schedule
+    awr_actor: bool = False
     # "stage1": BC on demos + other data, as CSIL's offline code starts its actor (the KL reference and the
     # reward are the stage-2 policy); "reference": the stage-2 policy itself (the actor starts at KL 0)
     actor_start: str = "stage1"
@@ -412,7 +415,6 @@ def awr_update(L: Learner, b: Batch, actor_b: Batch, update_actor: bool) -> dict
     """IQL: V by expectile regression on min Q'(s, a_data), Q by TD to r + gamma V(s'), then the
     actor by the advantage-weighted log-likelihood of the data actions (per-source normalised)."""
     cfg = L.cfg.awr
-    beta = cfg.beta
     with torch.no_grad():
         q_target = L.q(b["obs"], b["act"], target=True).min(1).values               # (S, B)
         target = td_target(b["rew"], L.value(b["next_obs"]), b["terminal"], L.bounds)
@@ -423,7 +425,7 @@ def awr_update(L: Learner, b: Batch, actor_b: Batch, update_actor: bool) -> dict
     loss = (value_loss + critic_loss).sum()
     with torch.no_grad():
         raw = awr_weights(L.q(actor_b["obs"], actor_b["act"], target=True).min(1).values,
-                          L.value(actor_b["obs"]), beta, cfg.max_weight, cfg.normalise_advantage)
+                          L.value(actor_b["obs"]), cfg.beta, cfg.max_weight, cfg.normalise_advantage)
         weights = normalise_per_source(raw, actor_b["is_expert"], cfg.actor_expert_share) \
             if cfg.normalise_weights else raw
     opts = [L.value_opt, L.critic_opt]
@@ -446,12 +448,12 @@ def awr_uniform_update(L: Learner, b: Batch, actor_b: Batch, update_actor: bool)
     and V are, so it trains no critic: its policy is exactly that of `awr_update` with beta 0, which
     would train critics it never uses (tested), for about a third of the cost. ``b`` is unused; the
     loop still draws it so the actor sees the same batches as there."""
+    if not update_actor:
+        return {"actor_loss": torch.zeros(L.n, device=L.device)}
     cfg = L.cfg.awr
     weights = torch.ones_like(actor_b["is_expert"])
     if cfg.normalise_weights:
         weights = normalise_per_source(weights, actor_b["is_expert"], cfg.actor_expert_share)
-    if not update_actor:
-        return {"actor_loss": torch.zeros(L.n, device=L.device)}
     actor_loss = _awr_actor_loss(L, actor_b, weights)
     _step([L.actor_opt], actor_loss.sum())
     return {"actor_loss": actor_loss.detach()}
@@ -537,8 +539,8 @@ def action_grad_norm(q: torch.Tensor, act: torch.Tensor, mask: torch.Tensor) -> 
 
 ALGORITHMS: dict[str, Algorithm] = {
     "csil": Algorithm("csil", csil_update, uses_value=False, uses_model=False),
-    "awr": Algorithm("awr", awr_update, uses_value=True, uses_model=False),
-    "awr_uniform": Algorithm("awr_uniform", awr_uniform_update, uses_value=True, uses_model=False),
+    "awr": Algorithm("awr", awr_update, uses_value=True, uses_model=False, awr_actor=True),
+    "awr_uniform": Algorithm("awr_uniform", awr_uniform_update, uses_value=False, uses_model=False, awr_actor=True),
     "rambo": Algorithm("rambo", csil_update, uses_value=False, uses_model=True),
 }
 
@@ -684,7 +686,7 @@ def train(L: Learner, buffers: SeedBuffers, *, resume_path: Path | None = None, 
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
     count, start = 0, time.time()
-    schedule = cfg.awr.actor_schedule if L.spec.name in ("awr", "awr_uniform") else "constant"
+    schedule = cfg.awr.actor_schedule if L.spec.awr_actor else "constant"
     if L.spec.uses_model and first == 0:
         L.set_halt_threshold(buffers)
     bar = progress(range(first, total), desc=f"improve {L.algo} x{L.n}", initial=first, total=total, unit="step")
@@ -701,7 +703,7 @@ def train(L: Learner, buffers: SeedBuffers, *, resume_path: Path | None = None, 
             info = {**L.spec.update(L, real_and_model_batch(L, buffers), learning), **rolled}
             if learning and (t + 1) % rc.adv_every == 0 and rc.adv_steps > 0:
                 info.update(adversarial_model_phase(L, buffers))
-        elif L.spec.uses_value:
+        elif L.spec.awr_actor:
             info = L.spec.update(L, buffers.mixed(cfg.batch_size, cfg.expert_ratio),
                                  buffers.mixed(cfg.awr.actor_batch_size, cfg.expert_ratio), learning)
         else:
