@@ -147,7 +147,7 @@ class AWRConfig:
     normalise_advantage: bool = True          # weights exp(beta * A / std(A)) over the batch: beta means the same at any reward scale
     max_weight: float = 100.0
     normalise_weights: bool = True            # per-source self-normalised weights (see improvement.py)
-    actor_expert_share: float = 0.9           # the demonstrations' share of the normalised actor loss
+    actor_expert_share: float = 0.7           # the demonstrations' share of the normalised actor loss
     actor_loss: BCLoss = "nll"                # nll (IQL/AWR) | faithful (weighted bc.loss faithful) | mse
     actor_schedule: ActorSchedule = "cosine"  # cosine (IQL: the actor's rate decays to 0 over the run) | constant
     actor_batch_size: int = 512               # rows of the actor's weighted regression (its own mixed batch)
