@@ -107,6 +107,9 @@ class RewardConfig:
     alpha: Union[Literal["auto"], float] = "auto"   # auto = 1 / act_dim
     r_min: float = -5.0                       # lower clip of the reward
     hist_bins: int = 50
+    refine_steps: int = 0                     # CSIL's reward refinement before improvement (0: the stage-2 policy as is)
+    refine_lr: float = 1e-3                   # its Adam rate (CSIL: 1e-3)
+    refine_batch_size: int = 256              # its rows per step, half demonstrations, half other data
 
 
 @dataclass
@@ -357,6 +360,9 @@ RANGES: dict[str, Range] = {
     "reward.alpha": POSITIVE,
     "reward.r_min": ANY,
     "reward.hist_bins": COUNT,
+    "reward.refine_steps": NON_NEGATIVE,
+    "reward.refine_lr": POSITIVE,
+    "reward.refine_batch_size": Range(2),
     "dynamics.n_members": COUNT,
     "dynamics.n_elites": COUNT,
     "dynamics.hidden": COUNT,

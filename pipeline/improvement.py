@@ -52,7 +52,7 @@ from pipeline.config import ImproveConfig
 from pipeline.distributions import tanh_gaussian_log_prob, tanh_gaussian_sample
 from pipeline.nets import EnsembleLinear, adam
 from pipeline.policies import Policy
-from pipeline.reward import coherent_reward, coherent_reward_from_dist
+from pipeline.reward import coherent_reward, coherent_reward_from_dist, refinement_terms
 from pipeline.utils import atomic_torch_save, progress
 from pipeline.vectorised import SeedRNG, SeedStack
 
@@ -258,7 +258,9 @@ class Learner:
 
     def __init__(self, algo: str, actor: Policy, bc: Policy, cfg: ImproveConfig, bounds: Bounds, alpha: float,
                  seeds: list[int], device: torch.device, dynamics: nn.Module | None = None,
-                 termination_fn: Callable | None = None):
+                 termination_fn: Callable | None = None, reward_policy: Policy | None = None):
+        """``bc`` is pi_BC, the KL reference; ``reward_policy`` (default ``bc``) defines the coherent reward of
+        model transitions: the reward stage's policy, refined or not (data/reward/policy.pt)."""
         self.algo, self.spec = algo, ALGORITHMS[algo]
         self.cfg, self.bounds, self.alpha, self.device, self.seeds = cfg, bounds, alpha, device, list(seeds)
         self.rng = SeedRNG(seeds, device)
@@ -266,6 +268,7 @@ class Learner:
         self.actor_template = copy.deepcopy(actor).to(device)
         self.actor = SeedStack([copy.deepcopy(actor).to(device) for _ in seeds])
         self.bc = bc.to(device).eval().requires_grad_(False)
+        self.reward_policy = self.bc if reward_policy is None else reward_policy.to(device).eval().requires_grad_(False)
 
         def per_seed(make: Callable[[], nn.Module], salt: int) -> list[nn.Module]:
             mods = []
@@ -282,7 +285,7 @@ class Learner:
         # CSIL's reward refinement: each seed's own copy of the reward's policy keeps training (csil only)
         self.reward_net = self.reward_opt = None
         if getattr(getattr(cfg, algo, None), "refine_reward", False):
-            self.reward_net = SeedStack([copy.deepcopy(bc).to(device) for _ in seeds]).requires_grad_(True)
+            self.reward_net = SeedStack([copy.deepcopy(self.reward_policy) for _ in seeds]).requires_grad_(True)
             self.reward_opt = adam(self.reward_net.parameters(), cfg.csil.reward_lr, device)
         self.value = self.value_opt = None
         if self.spec.uses_value:
@@ -343,9 +346,9 @@ class Learner:
         return tanh_gaussian_log_prob(b[prefix + "loc"], b[prefix + "std"], act)
 
     def reward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        """The coherent reward of the stage-2 BC policy, clipped below at r_min (model transitions)."""
+        """The coherent reward of the reward stage's policy, clipped below at r_min (model transitions)."""
         with torch.no_grad():
-            return coherent_reward(self.bc, obs, act, self.alpha).clamp(min=self.bounds.r_min)
+            return coherent_reward(self.reward_policy, obs, act, self.alpha).clamp(min=self.bounds.r_min)
 
     def q(self, obs: torch.Tensor, act: torch.Tensor, target: bool = False, detach: bool = False) -> torch.Tensor:
         """(S, 2, B) twin Q values."""
@@ -487,7 +490,7 @@ def refined_reward(L: Learner, b: Batch) -> tuple[torch.Tensor, torch.Tensor, di
     demo = b["is_expert"]
     other = 1.0 - demo
     expert_r = masked_mean(r, demo)
-    kl_est = masked_mean(torch.exp(-r.clamp(min=-5.0)) - 1.0 + r, other)
+    kl_est = masked_mean(refinement_terms(r), other)
     loss = -expert_r + cfg.refine_scale * kl_est
     other_r = masked_mean(r.detach(), other)
     return r.detach().clamp(min=L.bounds.r_min), loss, {"expert_reward": expert_r.detach(), "other_reward": other_r,

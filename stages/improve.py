@@ -7,10 +7,10 @@ data/.batch/<algo>/ (untracked, keyed by a fingerprint of the inputs, params and
 seeds' stages copy theirs from there, or train the batch themselves when it is missing or stale.
 
 Reads the demonstrations' training rows (the split BC uses: held-out rows stay held out for every
-method), the other data, their coherent rewards from the reward stage (data/reward/rewards.h5), the
-BC stage-1 actor every learner starts from (as CSIL's offline code does) and the stage-2 policy (the
-KL reference of csil and rambo; the reward of model transitions); rambo also data/dynamics/model.pt
-and the termination rule stored with it.
+method), the other data, their coherent rewards from the reward stage (data/reward/rewards.h5) and
+its policy (data/reward/policy.pt: the reward of model transitions), the BC stage-1 actor every
+learner starts from (as CSIL's offline code does) and the stage-2 policy (the KL reference of csil
+and rambo); rambo also data/dynamics/model.pt and the termination rule stored with it.
 Writes data/improve/<algo>-<seed>/{policy.pt, metrics.json, curve.tsv}. A killed run resumes from
 data/.resume/improve-<algo>.pt (outside every tracked output).
 """
@@ -40,7 +40,7 @@ from pipeline.stage import run_stage
 from pipeline.utils import atomic_json, atomic_write, content_hash, replace_dir, resolve_device, staging_dir
 
 INPUTS = ["data/ingested/expert.h5", "data/ingested/suboptimal.h5", "data/reward/rewards.h5",
-          "data/bc/policy.pt", "data/bc/stage1.pt"]
+          "data/reward/policy.pt", "data/bc/policy.pt", "data/bc/stage1.pt"]
 log = logging.getLogger("improve")
 
 
@@ -142,7 +142,8 @@ def train_batch(algo: str, params: Params, seeds: list[int], device: torch.devic
             raise ArtefactError("data/dynamics/model.pt: no termination settings stored; run `dvc repro dynamics`")
         termination_fn = make_termination_fn(rule["env_id"], rule["mode"], rule["obs_bound"])
 
-    learner = Learner(algo, actor, bc, cfg, bounds, alpha, seeds, device, dynamics, termination_fn)
+    reward_policy = load_policy("data/reward/policy.pt", device)
+    learner = Learner(algo, actor, bc, cfg, bounds, alpha, seeds, device, dynamics, termination_fn, reward_policy)
     buffers = SeedBuffers(demos, rest, bc, learner.rng)
     demo_probe = demos["obs"][:10_000], demos["act"][:10_000]
     start_mse = float(demo_mse(learner, *demo_probe)[0])

@@ -1,9 +1,13 @@
 """Stage reward: the coherent reward of every expert and suboptimal transition, and its audit.
 
-Writes data/reward/rewards.h5 (expert, suboptimal arrays, aligned with data/ingested/*.h5),
-data/reward/metrics.json (expert_mean, suboptimal_mean, auc and the plain-MLP baseline's auc: what
-runs compare), data/reward/details.json (the full audits, the baseline's under "baseline") and
-data/reward/histogram.csv for dvc plots. The suboptimal data are the sources alone (ingest keeps
+The reward's policy is BC's stage-2 policy, refined first by CSIL's reward refinement when
+reward.refine_steps > 0 (on the demonstrations' training rows, the split every method uses, and the
+other data). Writes data/reward/policy.pt (that policy: the reward of model transitions),
+data/reward/rewards.h5 (expert, suboptimal arrays, aligned with data/ingested/*.h5),
+data/reward/metrics.json (expert_mean, suboptimal_mean, auc, the episode-level ranking and the
+plain-MLP baseline's auc: what runs compare), data/reward/details.json (the full audits: the
+unrefined stage-2 policy's under "unrefined", the baseline's under "baseline", the refinement's curve)
+and data/reward/histogram.csv for dvc plots. The suboptimal data are the sources alone (ingest keeps
 the demonstrations apart), so no expert transition is scored as a negative.
 """
 from __future__ import annotations
@@ -16,11 +20,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pipeline.bc import expert_split_rows
 from pipeline.config import load_params
 from pipeline.datasets import EpisodeDataset
 from pipeline.errors import ArtefactError
-from pipeline.policies import load_policy
-from pipeline.reward import coherent_reward_batched, resolve_alpha, reward_audit
+from pipeline.policies import load_policy, save_policy
+from pipeline.reward import coherent_reward_batched, refine_reward_policy, resolve_alpha, reward_audit
 from pipeline.stage import run_stage
 from pipeline.utils import atomic_json, atomic_write, resolve_device
 
@@ -47,12 +52,24 @@ def main() -> None:
         return tuple(coherent_reward_batched(p, t(d.observations), t(d.actions), alpha).cpu().numpy()
                      for d in (expert, suboptimal))
 
-    r_exp, r_sub = rewards(policy)
+    audit = lambda r_e, r_s: reward_audit(r_e, r_s, suboptimal.rewards, cfg.r_min, suboptimal.episode_starts)
+    refined, curve = policy, []
+    if cfg.refine_steps:
+        train_rows, _ = expert_split_rows(expert, params.bc.val_fraction, params.seed)
+        rows = torch.as_tensor(train_rows, device=device)
+        refined, curve = refine_reward_policy(
+            policy, (t(expert.observations)[rows], t(expert.actions)[rows]),
+            (t(suboptimal.observations), t(suboptimal.actions)), alpha=alpha, steps=cfg.refine_steps,
+            lr=cfg.refine_lr, batch_size=cfg.refine_batch_size, seed=params.seed)
+    r_exp, r_sub = rewards(refined)
     b_exp, b_sub = rewards(baseline)
-    details = {**reward_audit(r_exp, r_sub, suboptimal.rewards, cfg.r_min), "alpha": alpha, "r_min": cfg.r_min,
+    details = {**audit(r_exp, r_sub), "alpha": alpha, "r_min": cfg.r_min,
                "r_max": float(np.max(r_exp)), "audited_suboptimal_transitions": suboptimal.n_transitions,
-               "baseline": reward_audit(b_exp, b_sub, suboptimal.rewards, cfg.r_min)}
-    metrics = {**{k: details[k] for k in ("expert_mean", "suboptimal_mean", "auc")},
+               "refine_steps": cfg.refine_steps, "refine_curve": curve,
+               "unrefined": audit(*rewards(policy)) if cfg.refine_steps else "same as above (refine_steps 0)",
+               "baseline": audit(b_exp, b_sub)}
+    metrics = {**{k: details[k] for k in ("expert_mean", "suboptimal_mean", "auc", "suboptimal_episode_spearman")
+                  if k in details},
                "baseline": {"auc": details["baseline"]["auc"]}}
     lo = min(r_exp.min(), np.maximum(r_sub, cfg.r_min).min())
     edges = np.linspace(lo, max(r_exp.max(), r_sub.max()), cfg.hist_bins + 1)
@@ -65,14 +82,17 @@ def main() -> None:
             f.create_dataset("expert", data=r_exp, track_times=False)
             f.create_dataset("suboptimal", data=r_sub, track_times=False)
             f.attrs["alpha"] = alpha
+    save_policy(refined, OUT / "policy.pt", stage="reward", refine_steps=cfg.refine_steps)
     atomic_write(OUT / "rewards.h5", write_h5)
     atomic_write(OUT / "histogram.csv", lambda p: hist.to_csv(p, index=False))
     atomic_json(details, OUT / "details.json")
     atomic_json(metrics, OUT / "metrics.json")
-    log.info("coherent reward: expert %.3f, suboptimal %.3f, AUC %.3f, floor %.0f%%, spearman %.2f "
-             "(baseline MLP: AUC %.3f, floor %.0f%%, spearman %.2f)", details["expert_mean"],
+    log.info("coherent reward%s: expert %.3f, suboptimal %.3f, AUC %.3f, floor %.0f%%, spearman %.2f "
+             "(per episode %.2f; baseline MLP: AUC %.3f, floor %.0f%%, spearman %.2f)",
+             f" (refined {cfg.refine_steps} steps)" if cfg.refine_steps else "", details["expert_mean"],
              details["suboptimal_mean"], details["auc"], 100 * details["suboptimal_floor_fraction"],
-             details["suboptimal_env_reward_spearman"], details["baseline"]["auc"],
+             details["suboptimal_env_reward_spearman"], details.get("suboptimal_episode_spearman", float("nan")),
+             details["baseline"]["auc"],
              100 * details["baseline"]["suboptimal_floor_fraction"], details["baseline"]["suboptimal_env_reward_spearman"])
 
 

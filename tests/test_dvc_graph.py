@@ -134,7 +134,8 @@ def test_params_trace_records_the_keys_read(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO), "PIPELINE_PARAMS_TRACE": str(trace)}
     subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, check=True)
     keys = [line.split("\t")[1] for line in trace.read_text().splitlines()]
-    assert sorted(keys) == ["bc.lr", "reward.alpha", "reward.hist_bins", "reward.r_min", "seed"]
+    assert sorted(keys) == ["bc.lr", "reward.alpha", "reward.hist_bins", "reward.r_min", "reward.refine_batch_size",
+                            "reward.refine_lr", "reward.refine_steps", "seed"]
     assert declared("bc.lr", ["bc"]) and declared("env.id", [{"params.yaml": None}])
     assert not declared("bcx", ["bc"]) and not declared("env.id", ["env.obs_bound"])
     assert undeclared_reads("stages/bc.py\tbc.lr\nstages/bc.py\tenv.id\n",

@@ -130,7 +130,7 @@ OBS, ACT = 11, 3
 
 
 def _small(algo: str, seeds=(0,), steps: int = 4, pretrain: int = 2, device: str = "cpu",
-           configure: Callable[[ImproveConfig], None] | None = None):
+           configure: Callable[[ImproveConfig], None] | None = None, reward_policy: HetStatPolicy | None = None):
     torch.manual_seed(0)
     bc = HetStatPolicy(OBS, ACT, hidden=32, features=32).to(device)
     with torch.no_grad():
@@ -145,7 +145,8 @@ def _small(algo: str, seeds=(0,), steps: int = 4, pretrain: int = 2, device: str
     if configure is not None:
         configure(cfg)
     learner = Learner(algo, copy.deepcopy(bc), bc, cfg, BOUNDS, 1 / ACT, list(seeds), torch.device(device),
-                      dynamics=dyn, termination_fn=make_termination_fn("Hopper-v5", "auto", 100.0))
+                      dynamics=dyn, termination_fn=make_termination_fn("Hopper-v5", "auto", 100.0),
+                      reward_policy=reward_policy)
     n = 64
     g = torch.Generator().manual_seed(1)
     data = {"obs": torch.randn(n, OBS, generator=g) * 0.1 + torch.tensor([1.25] + [0.0] * (OBS - 1)),
@@ -282,15 +283,19 @@ def test_resume_logs_the_same_rows_as_an_uninterrupted_run(tmp_path):
     assert curves == curves_full
 
 
-def test_model_transitions_get_the_coherent_reward_of_the_bc_policy():
+@pytest.mark.parametrize("refined", [False, True])
+def test_model_transitions_get_the_reward_stages_reward_and_pi_bc_stays_the_kl_reference(refined):
     from pipeline.improvement import model_rollouts
-    learner, buffers, _ = _small("rambo")
+    torch.manual_seed(5)
+    reward_policy = HetStatPolicy(OBS, ACT, hidden=32, features=32) if refined else None   # as data/reward/policy.pt
+    learner, buffers, _ = _small("rambo", reward_policy=reward_policy)
     model_rollouts(learner, buffers.start_states(16, 0.5))
     buf = learner.model_buffers[0]
     assert buf.size > 0
     obs, act = buf.data["obs"][:buf.size], buf.data["act"][:buf.size]
-    expected = coherent_reward(learner.bc, obs, act, learner.alpha).clamp(min=BOUNDS.r_min)
+    expected = coherent_reward(reward_policy or learner.bc, obs, act, learner.alpha).clamp(min=BOUNDS.r_min)
     assert torch.allclose(buf.data["rew"][:buf.size], expected)
+    assert torch.allclose(buf.data["bc_loc"][:buf.size], learner.bc.dist_params(obs)[0])
 
 
 def test_adversarial_phase_moves_the_model_and_reports_how_far():

@@ -27,6 +27,7 @@ TINY = {
     "data": {"expert": {"n_trajectories": 3}},
     "bc": {"features": 32, "hidden": 32, "stage1_steps": 20, "stage2_steps": 20, "baseline_steps": 20,
            "baseline_hidden": 32, "baseline_seeds": 2, "eval_every": 10, "batch_size": 32},
+    "reward": {"refine_steps": 20, "refine_batch_size": 32},
     "dynamics": {"n_members": 3, "n_elites": 2, "hidden": 32, "n_layers": 2, "max_epochs": 2, "max_epoch_steps": 10,
                  "holdout": 40, "weight_decay": [2.5e-5, 5.0e-5, 1.0e-4], "multistep_episodes": 1,
                  "multistep_horizon": 3},
@@ -104,7 +105,10 @@ def test_dvc_repro_whole_pipeline(tiny: TinyRun) -> None:
         assert {"return_mean", "return_std", "normalized_mean", "normalized_std", "episodes"} <= set(row)
         assert row["episodes"] == 2
     assert {"awr", "rambo"} <= set(summary["aggregates"])
-    for path in ("data/bc/policy.pt", "data/improve/rambo-0/policy.pt", "data/dynamics/model.pt"):
+    reward = json.loads((repo / "data/reward/details.json").read_text())   # the refined reward, and what it was
+    assert reward["refine_steps"] == 20 and [row["step"] for row in reward["refine_curve"]][-1] == 20
+    assert {"auc", "suboptimal_episode_spearman"} <= set(reward["unrefined"])
+    for path in ("data/bc/policy.pt", "data/reward/policy.pt", "data/improve/rambo-0/policy.pt", "data/dynamics/model.pt"):
         torch.load(repo / path, weights_only=True)
     leftovers = [p for p in (repo / "data").rglob("*") if ".staging-" in p.name or p.suffix == ".tmp"
                  or p.name.startswith("resume") or (p.parent.name == ".resume" and p.is_file())]
