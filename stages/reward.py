@@ -5,8 +5,8 @@ reward.refine_steps > 0 (on the demonstrations' training rows, the split every m
 other data). Writes data/reward/policy.pt (that policy: the reward of model transitions),
 data/reward/rewards.h5 (expert, suboptimal arrays, aligned with data/ingested/*.h5),
 data/reward/metrics.json (expert_mean, suboptimal_mean, auc, the episode-level ranking and the
-plain-MLP baseline's auc: what runs compare), data/reward/details.json (the full audits: the
-unrefined stage-2 policy's under "unrefined", the baseline's under "baseline", the refinement's curve)
+plain-MLP baseline's auc: what runs compare), data/reward/details.json (the full audits: when refined,
+the unrefined stage-2 policy's under "unrefined"; the baseline's under "baseline"; the refinement's curve)
 and data/reward/histogram.csv for dvc plots. The suboptimal data are the sources alone (ingest keeps
 the demonstrations apart), so no expert transition is scored as a negative.
 """
@@ -46,11 +46,11 @@ def main() -> None:
             raise ArtefactError(f"{name}: policy is for obs/act dims {(p.obs_dim, p.act_dim)} but "
                                 f"data/ingested has {(expert.obs_dim, expert.act_dim)}; rerun `dvc repro bc`")
     alpha = resolve_alpha(cfg.alpha, expert.act_dim)
-    t = lambda a: torch.as_tensor(a, device=device)
+    # (obs, act) on the device once: every policy below is scored on the same tensors
+    pairs = [tuple(torch.as_tensor(a, device=device) for a in (d.observations, d.actions)) for d in (expert, suboptimal)]
 
     def rewards(p) -> tuple[np.ndarray, np.ndarray]:
-        return tuple(coherent_reward_batched(p, t(d.observations), t(d.actions), alpha).cpu().numpy()
-                     for d in (expert, suboptimal))
+        return tuple(coherent_reward_batched(p, obs, act, alpha).cpu().numpy() for obs, act in pairs)
 
     audit = lambda r_e, r_s: reward_audit(r_e, r_s, suboptimal.rewards, cfg.r_min, suboptimal.episode_starts)
     refined, curve = policy, []
@@ -58,15 +58,14 @@ def main() -> None:
         train_rows, _ = expert_split_rows(expert, params.bc.val_fraction, params.seed)
         rows = torch.as_tensor(train_rows, device=device)
         refined, curve = refine_reward_policy(
-            policy, (t(expert.observations)[rows], t(expert.actions)[rows]),
-            (t(suboptimal.observations), t(suboptimal.actions)), alpha=alpha, steps=cfg.refine_steps,
+            policy, tuple(x[rows] for x in pairs[0]), pairs[1], alpha=alpha, steps=cfg.refine_steps,
             lr=cfg.refine_lr, batch_size=cfg.refine_batch_size, seed=params.seed)
     r_exp, r_sub = rewards(refined)
     b_exp, b_sub = rewards(baseline)
     details = {**audit(r_exp, r_sub), "alpha": alpha, "r_min": cfg.r_min,
                "r_max": float(np.max(r_exp)), "audited_suboptimal_transitions": suboptimal.n_transitions,
                "refine_steps": cfg.refine_steps, "refine_curve": curve,
-               "unrefined": audit(*rewards(policy)) if cfg.refine_steps else "same as above (refine_steps 0)",
+               **({"unrefined": audit(*rewards(policy))} if cfg.refine_steps else {}),
                "baseline": audit(b_exp, b_sub)}
     metrics = {**{k: details[k] for k in ("expert_mean", "suboptimal_mean", "auc", "suboptimal_episode_spearman")
                   if k in details},

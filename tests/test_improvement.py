@@ -293,7 +293,7 @@ def test_model_transitions_get_the_reward_stages_reward_and_pi_bc_stays_the_kl_r
     buf = learner.model_buffers[0]
     assert buf.size > 0
     obs, act = buf.data["obs"][:buf.size], buf.data["act"][:buf.size]
-    expected = coherent_reward(reward_policy or learner.bc, obs, act, learner.alpha).clamp(min=BOUNDS.r_min)
+    expected = coherent_reward(reward_policy if refined else learner.bc, obs, act, learner.alpha).clamp(min=BOUNDS.r_min)
     assert torch.allclose(buf.data["rew"][:buf.size], expected)
     assert torch.allclose(buf.data["bc_loc"][:buf.size], learner.bc.dist_params(obs)[0])
 
