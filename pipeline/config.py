@@ -137,6 +137,7 @@ class CSILConfig:
     actor_lr: float = 3e-4                    # CSIL: Adam 3e-4
     grad_penalty: float = 1.0                 # weight of sqrt(E||dQ/da||^2) on demos in the critic loss (CSIL: 1)
     normalise_q: bool = True                  # actor's Q term divided by the batch's mean |Q| (TD3+BC's scale rule)
+    kl_confidence_power: float = 0.0          # log pi_BC weighted by pi_BC's confidence (1 - var / prior_var)^p; 0 = plain KL
     refine_reward: bool = False               # CSIL's reward refinement: the reward's policy keeps training with the critic
     reward_lr: float = 1e-3                   # Adam rate of the refined reward's policy (CSIL: 1e-3)
     refine_scale: float = 1.0                 # weight of the KL estimate on the other data (CSIL's scale_factor: 1)
@@ -164,6 +165,7 @@ class RAMBOConfig:
     actor_lr: float = 3e-4
     grad_penalty: float = 1.0                 # as csil
     normalise_q: bool = True                  # as csil
+    kl_confidence_power: float = 0.0          # as csil
     rollout_every: int = 250
     rollout_starts: int = 5000
     rollout_demo_share: float = 0.5           # rollout (and adversary) starts drawn from demonstration states
@@ -392,6 +394,7 @@ RANGES: dict[str, Range] = {
     "improve.csil.kl_beta": NON_NEGATIVE,
     "improve.csil.actor_lr": POSITIVE,
     "improve.csil.grad_penalty": NON_NEGATIVE,
+    "improve.csil.kl_confidence_power": NON_NEGATIVE,
     "improve.csil.reward_lr": POSITIVE,
     "improve.csil.refine_scale": NON_NEGATIVE,
     "improve.awr.gamma": OPEN_UNIT,
@@ -405,6 +408,7 @@ RANGES: dict[str, Range] = {
     "improve.rambo.kl_beta": NON_NEGATIVE,
     "improve.rambo.actor_lr": POSITIVE,
     "improve.rambo.grad_penalty": NON_NEGATIVE,
+    "improve.rambo.kl_confidence_power": NON_NEGATIVE,
     "improve.rambo.rollout_every": COUNT,
     "improve.rambo.rollout_starts": COUNT,
     "improve.rambo.rollout_demo_share": Range(0, 1),

@@ -345,6 +345,19 @@ class Learner:
         prefix = "bc_next_" if nxt else "bc_"
         return tanh_gaussian_log_prob(b[prefix + "loc"], b[prefix + "std"], act)
 
+    def kl_term(self, b: Batch, act: torch.Tensor, log_prob: torch.Tensor, nxt: bool = False) -> torch.Tensor:
+        """log pi(act|s) - w(s) log pi_BC(act|s), the actor's KL to its reference. w = 1 (the KL to pi_BC) unless
+        ``kl_confidence_power`` p > 0: then w = c(s)^p with c = 1 - mean_k std_BC,k^2 / prior_var, pi_BC's own
+        confidence. Where pi_BC sits at its prior (c = 0, off the demonstrations) the term is the entropy
+        alone, so the actor follows the critic there instead of being held at the prior; on the
+        demonstrations (c near 1) it is the KL to pi_BC."""
+        log_bc = self.bc_log_prob(b, act, nxt)
+        power = getattr(self.cfg, self.algo).kl_confidence_power
+        if power > 0:
+            var = b[("bc_next_" if nxt else "bc_") + "std"].pow(2).mean(-1)
+            log_bc = log_bc * (1.0 - var / self.bc.prior_var).clamp(0.0, 1.0).pow(power)
+        return log_prob - log_bc
+
     def reward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
         """The coherent reward of the reward stage's policy, clipped below at r_min (model transitions)."""
         with torch.no_grad():
@@ -504,7 +517,7 @@ def csil_update(L: Learner, b: Batch, update_actor: bool) -> dict[str, torch.Ten
     rew, reward_loss, reward_info = refined_reward(L, b) if refine else (b["rew"], None, {})
     with torch.no_grad():
         a2, lp2 = L.actor_sample(b["next_obs"])
-        soft_v = L.q(b["next_obs"], a2, target=True).min(1).values - beta * (lp2 - L.bc_log_prob(b, a2, nxt=True))
+        soft_v = L.q(b["next_obs"], a2, target=True).min(1).values - beta * L.kl_term(b, a2, lp2, nxt=True)
         target = td_target(rew, soft_v, b["terminal"], L.bounds)
     act = b["act"].detach().requires_grad_(True)        # for the penalty's dQ/da: one critic forward serves both
     q = L.q(b["obs"], act)
@@ -515,7 +528,7 @@ def csil_update(L: Learner, b: Batch, update_actor: bool) -> dict[str, torch.Ten
         loss, opts = loss + reward_loss.sum(), opts + [L.reward_opt]
     if update_actor:
         a_pi, lp = L.actor_sample(b["obs"])
-        kl = lp - L.bc_log_prob(b, a_pi)
+        kl = L.kl_term(b, a_pi, lp)
         q_pi = L.q(b["obs"], a_pi, detach=True).min(1).values        # critic weights get no actor gradient
         if getattr(L.cfg, L.algo).normalise_q:   # TD3+BC: the KL weight then means the same at any Q scale
             q_pi = q_pi / q_pi.detach().abs().mean(-1, keepdim=True).clamp(min=1e-3)

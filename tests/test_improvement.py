@@ -182,6 +182,27 @@ def test_normalised_q_makes_the_actor_step_independent_of_the_critic_scale(norma
         assert (grads[1] - grads[0]).norm() > 0.5 * grads[0].norm()
 
 
+@pytest.mark.parametrize("algo", ["csil", "rambo"])
+def test_confidence_weighted_kl_is_the_kl_where_pi_bc_is_sure_and_the_entropy_where_it_is_at_its_prior(algo):
+    """kl_confidence_power p: the actor's term is log pi - c(s)^p log pi_BC with c = 1 - mean std_BC^2 / prior_var;
+    p = 0 is the plain KL to pi_BC."""
+    learner, buffers, cfg = _small(algo)
+    b = buffers.mixed(8, 0.5)
+    act, lp = learner.actor_sample(b["obs"])
+    prior_std = learner.bc.prior_var ** 0.5
+    log_bc = learner.bc_log_prob(b, act)
+    torch.testing.assert_close(learner.kl_term(b, act, lp), lp - log_bc)          # p = 0
+    getattr(cfg, algo).kl_confidence_power = 2.0
+    c = 1.0 - b["bc_std"].pow(2).mean(-1) / learner.bc.prior_var
+    torch.testing.assert_close(learner.kl_term(b, act, lp), lp - c.pow(2) * log_bc)
+    at_prior = dict(b, bc_std=torch.full_like(b["bc_std"], prior_std))              # off the data: the entropy alone
+    torch.testing.assert_close(learner.kl_term(at_prior, act, lp), lp)
+    sure = dict(b, bc_std=torch.full_like(b["bc_std"], 1e-3), bc_next_std=torch.full_like(b["bc_std"], 1e-3))
+    for nxt in (False, True):   # next states read their own precomputed pi_BC parameters
+        torch.testing.assert_close(learner.kl_term(sure, act, lp, nxt=nxt), lp - learner.bc_log_prob(sure, act, nxt),
+                                   rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("algo", sorted(ALGORITHMS))
 def test_critic_pretraining_holds_the_actor_then_the_actor_moves(algo):
     learner, buffers, cfg = _small(algo, steps=0, pretrain=4)
