@@ -172,21 +172,25 @@ def fit(policy: Policy, sample_batch: Callable[[], Batch], val: Batch, *, steps:
 EVAL_KEYS = ("val_mse", "val_nll", "entropy")
 
 
-def seed_bc_loss(stack: SeedStack, obs: torch.Tensor, act: torch.Tensor, kind: str) -> torch.Tensor:
-    """`bc_loss` of every seed of ``stack`` on (S, B, .) batches: (S,). The networks run vmapped; the
-    tanh-Gaussian density runs outside vmap on (S, B, d) tensors (log_ndtr has no batching rule)."""
+def seed_bc_loss(stack: SeedStack, obs: torch.Tensor, act: torch.Tensor, kind: str,
+                 weights: torch.Tensor | None = None) -> torch.Tensor:
+    """`bc_loss` of every seed of ``stack`` on (S, B, .) batches: (S,); ``weights`` (S, B) make it
+    advantage-weighted (AWR's actor). The networks run vmapped; the tanh-Gaussian density runs outside
+    vmap on (S, B, d) tensors (log_ndtr has no batching rule)."""
+    def mean(per_sample: torch.Tensor) -> torch.Tensor:
+        return (per_sample if weights is None else weights * per_sample).mean(-1)
     if isinstance(stack.template[0], HetStatPolicy):
         f = stack.call("stationary_features", obs)
         loc = stack.call("loc", f)
-        std = stack.call("std", f if kind == "nll" else f.detach())
+        std = None if kind == "mse" else stack.call("std", f if kind == "nll" else f.detach())
     else:
         loc, std = stack.call("dist_params", obs)
     if kind == "nll":
-        return -tanh_gaussian_log_prob(loc, std, act).mean(-1)
-    mse = (torch.tanh(loc) - act).pow(2).mean(-1).mean(-1)
+        return -mean(tanh_gaussian_log_prob(loc, std, act))
+    mse = mean((torch.tanh(loc) - act).pow(2).mean(-1))
     if kind == "mse":
         return mse
-    return mse - tanh_gaussian_log_prob(loc.detach(), std, act).mean(-1)
+    return mse - mean(tanh_gaussian_log_prob(loc.detach(), std, act))
 
 
 class SeedFit:

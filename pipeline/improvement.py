@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.bc import bc_loss
+from pipeline.bc import seed_bc_loss
 from pipeline.config import ImproveConfig
 from pipeline.distributions import tanh_gaussian_log_prob, tanh_gaussian_sample
 from pipeline.nets import EnsembleLinear, adam
@@ -480,16 +480,7 @@ def _awr_actor_loss(L: Learner, actor_b: Batch, weights: torch.Tensor) -> torch.
     if L.cfg.awr.actor_loss == "nll":
         loc, std = L.actor_dist(actor_b["obs"])
         return -(weights * tanh_gaussian_log_prob(loc, std, actor_b["act"])).mean(-1)
-    return _weighted_bc(L, actor_b, weights, L.cfg.awr.actor_loss)
-
-
-def _weighted_bc(L: Learner, b: Batch, weights: torch.Tensor, kind: str) -> torch.Tensor:
-    """Weighted faithful / mse BC losses per seed (a Python loop: off the default path)."""
-    out = []
-    for k in range(L.n):
-        policy = L.actor.member(k, copy.deepcopy(L.actor_template))
-        out.append(bc_loss(policy, b["obs"][k], b["act"][k], kind, weights[k]))
-    return torch.stack(out)
+    return seed_bc_loss(L.actor, actor_b["obs"], actor_b["act"], L.cfg.awr.actor_loss, weights)
 
 
 def refined_reward(L: Learner, b: Batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:

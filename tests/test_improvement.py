@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.bc import batch_sampler, fit
+from pipeline.bc import batch_sampler, bc_loss, fit
 from pipeline.config import ImproveConfig
 from pipeline.dynamics import EnsembleDynamics, fit_dynamics
 from pipeline.improvement import (ALGORITHMS, Bounds, Learner, RingBuffer, SeedBuffers, action_grad_norm, actor_lr_at,
-                                  awr_weights, expectile_loss, normalise_per_source, refined_reward, td_target, train)
+                                  _awr_actor_loss, awr_weights, expectile_loss, normalise_per_source, refined_reward, td_target,
+                                  train)
 from pipeline.policies import HetStatPolicy
 from pipeline.reward import coherent_reward
 from pipeline.termination import make_termination_fn
@@ -217,6 +218,26 @@ def test_critic_pretraining_holds_the_actor_then_the_actor_moves(algo):
     learner2, buffers2, _ = _small(algo, steps=2, pretrain=2)
     train(learner2, buffers2)
     assert not all(torch.equal(v, learner2.actor.state_dict()[k]) for k, v in actor0.items())
+
+
+@pytest.mark.parametrize("kind", ["nll", "faithful", "mse"])
+def test_every_awr_actor_loss_is_the_weighted_bc_loss_of_each_seed_and_trains_the_actor(kind):
+    """improve.awr.actor_loss: each seed's loss equals `bc_loss` of that seed's policy alone with the same
+    weights, and an update moves every seed's actor (the loss reaches the stacked parameters)."""
+    def configure(cfg: ImproveConfig) -> None:
+        cfg.awr.actor_loss = kind
+    learner, buffers, cfg = _small("awr_uniform", seeds=(0, 1), configure=configure)
+    b = buffers.mixed(cfg.awr.actor_batch_size, cfg.expert_ratio)
+    weights = torch.rand(b["obs"].shape[:2], generator=torch.Generator().manual_seed(3))
+    losses = _awr_actor_loss(learner, b, weights)
+    for k in range(2):
+        alone = bc_loss(learner.member_actor(k), b["obs"][k], b["act"][k], kind, weights[k])
+        torch.testing.assert_close(losses[k], alone, rtol=1e-5, atol=1e-6)
+    actor0 = copy.deepcopy(learner.actor.state_dict())
+    ALGORITHMS["awr_uniform"].update(learner, buffers.mixed(cfg.batch_size, cfg.expert_ratio), b, True)
+    for k in range(2):
+        assert any(not torch.equal(v[k], learner.actor.state_dict()[name][k]) for name, v in actor0.items()
+                   if name.startswith("stacked")), f"seed {k}'s actor did not move with actor_loss {kind}"
 
 
 def test_awr_uniform_is_awr_with_beta_zero_without_training_its_critic():
