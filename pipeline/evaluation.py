@@ -19,8 +19,9 @@ The fair protocol (docs/method.md section 6) is enforced here:
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Iterator, Protocol
 
 import gymnasium as gym
 import numpy as np
@@ -135,6 +136,28 @@ def evaluate_policy(policy: Actor, env_id: str, episodes: int, seed: int, n_envs
     """
     if episodes < 1 or n_envs < 1:
         raise ValueError(f"episodes and n_envs must be >= 1, got {episodes}, {n_envs}")
+    with one_thread():
+        return _evaluate(policy, env_id, episodes, seed, n_envs, device)
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch on one CPU thread inside, then restore the setting. A policy's forward pass on a few
+    observations rounds differently with 1 and 2 threads, and a locomotion episode amplifies that
+    last-bit difference: the same policy file and reset seeds scored 38.4 on one thread and 39.0 on
+    two (halfcheetah, 10 episodes; two episodes' returns 384 vs 4,715 and 5,629 vs 2,071). On one
+    thread a score does not depend on the process's thread setting (a stage script, `dvc repro`, a
+    test); it still may differ across CPU models."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _evaluate(policy: Actor, env_id: str, episodes: int, seed: int, n_envs: int,
+              device: torch.device | str) -> dict:
     n = min(n_envs, episodes)
     # Autoreset disabled: we reset finished sub-envs ourselves so that each new episode gets
     # its own seed, and no reward of an autoreset step can leak into a return.

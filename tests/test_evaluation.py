@@ -248,6 +248,24 @@ def test_scripted_policy_gets_the_environments_own_returns(env_id, episodes, n_e
         assert len(set(lengths)) > 1, "episodes of different lengths exercise the per-env resets"
 
 
+def test_a_score_does_not_depend_on_the_processs_torch_threads():
+    """The same policy and reset seeds give the same returns with torch set to 1 or 2 threads: the policy
+    runs on one thread inside evaluate_policy (a 256-wide MLP's last-bit rounding differs between thread
+    counts, and a HalfCheetah episode amplifies it), and the caller's setting is restored."""
+    torch.manual_seed(0)
+    policy = TanhGaussianMLP(17, 6, hidden=(256, 256)).eval()
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (2, 1):
+            torch.set_num_threads(threads)
+            results.append(evaluate_policy(policy, "HalfCheetah-v5", 5, seed=7, n_envs=5)["episode_returns"])
+            assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+    assert results[0] == results[1]
+
+
 def test_evaluate_rejects_a_policy_for_another_env():
     with pytest.raises(ArtefactError, match="observations of size 5"):
         evaluate_policy(TanhGaussianMLP(5, 1, hidden=(8,)), "Pendulum-v1", 1, 0)
