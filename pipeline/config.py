@@ -207,7 +207,7 @@ class ImproveConfig:
 
 @dataclass
 class EvaluateConfig:
-    episodes: int = 10                        # per policy; episode k is reset with a fixed seed
+    episodes: int = 30                        # per policy; episode k is reset with a fixed seed
     n_envs: int = 5                           # vectorised environments stepped together
     bootstrap: int = 2000                     # resamples for the aggregates' 95 % interval
 
