@@ -15,9 +15,9 @@ import torch
 from pipeline.bc import batch_sampler, bc_loss, fit
 from pipeline.config import ImproveConfig
 from pipeline.dynamics import EnsembleDynamics, fit_dynamics
-from pipeline.improvement import (ALGORITHMS, Bounds, Learner, RingBuffer, SeedBuffers, action_grad_norm, actor_lr_at,
-                                  _awr_actor_loss, awr_weights, expectile_loss, normalise_per_source, refined_reward, td_target,
-                                  train)
+from pipeline.improvement import (ALGORITHMS, Bounds, Learner, RingBuffer, SeedBuffers, _awr_actor_loss, action_grad_norm,
+                                  actor_lr_at, awr_weights, expectile_loss, normalise_per_source, refined_reward,
+                                  td_target, train)
 from pipeline.policies import HetStatPolicy
 from pipeline.reward import coherent_reward
 from pipeline.termination import make_termination_fn
