@@ -179,10 +179,11 @@ def seed_bc_loss(stack: SeedStack, obs: torch.Tensor, act: torch.Tensor, kind: s
     vmap on (S, B, d) tensors (log_ndtr has no batching rule)."""
     def mean(per_sample: torch.Tensor) -> torch.Tensor:
         return (per_sample if weights is None else weights * per_sample).mean(-1)
-    if isinstance(stack.template[0], HetStatPolicy):
+    if kind != "nll" and isinstance(stack.template[0], HetStatPolicy):
+        # faithful / mse: the variance head reads the features detached (or not at all)
         f = stack.call("stationary_features", obs)
         loc = stack.call("loc", f)
-        std = None if kind == "mse" else stack.call("std", f if kind == "nll" else f.detach())
+        std = None if kind == "mse" else stack.call("std", f.detach())
     else:
         loc, std = stack.call("dist_params", obs)
     if kind == "nll":

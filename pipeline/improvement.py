@@ -477,9 +477,6 @@ def awr_uniform_update(L: Learner, b: Batch, actor_b: Batch, update_actor: bool)
 
 def _awr_actor_loss(L: Learner, actor_b: Batch, weights: torch.Tensor) -> torch.Tensor:
     """(S,) the weighted regression of the data actions: log-likelihood (IQL) or a weighted BC loss."""
-    if L.cfg.awr.actor_loss == "nll":
-        loc, std = L.actor_dist(actor_b["obs"])
-        return -(weights * tanh_gaussian_log_prob(loc, std, actor_b["act"])).mean(-1)
     return seed_bc_loss(L.actor, actor_b["obs"], actor_b["act"], L.cfg.awr.actor_loss, weights)
 
 
