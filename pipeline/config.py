@@ -156,6 +156,7 @@ class AWRConfig:
     actor_schedule: ActorSchedule = "cosine"  # cosine (IQL: the actor's rate decays to 0 over the run) | constant
     actor_batch_size: int = 512               # rows of the actor's weighted regression (its own mixed batch)
     actor_lr: float = 1e-3
+    weight_demos: bool = False                # True: the advantage also weights the demonstrations (IQL weights every row)
 
 
 @dataclass

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.bc import seed_bc_loss
-from pipeline.config import ImproveConfig
+from pipeline.config import AWRConfig, ImproveConfig
 from pipeline.distributions import tanh_gaussian_log_prob, tanh_gaussian_sample
 from pipeline.nets import EnsembleLinear, adam
 from pipeline.policies import Policy
@@ -235,6 +235,19 @@ def normalise_per_source(weights: torch.Tensor, is_expert: torch.Tensor, expert_
     for m, share in ((is_demo, expert_share), (1.0 - is_demo, 1.0 - expert_share)):
         out = out + m * weights * (share * n) / (weights * m).sum(-1, keepdim=True).clamp(min=1e-8)
     return out
+
+
+def awr_actor_weights(q: torch.Tensor, v: torch.Tensor, is_expert: torch.Tensor,
+                      cfg: AWRConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """AWR's (raw, actor-loss) weights. The demonstrations are the target by assumption, so unless
+    ``cfg.weight_demos`` they keep uniform weights and the advantage only ranks the other data: within
+    one demonstration Q(s, a_demo) - V(s) is mostly the critic's noise, and weighting by it only lowers
+    the demonstrations' effective sample size."""
+    raw = awr_weights(q, v, cfg.beta, cfg.max_weight, cfg.normalise_advantage)
+    if not cfg.weight_demos:
+        raw = torch.where(is_expert > 0.5, torch.ones_like(raw), raw)
+    weights = normalise_per_source(raw, is_expert, cfg.actor_expert_share) if cfg.normalise_weights else raw
+    return raw, weights
 
 
 # -- the learner state -------------------------------------------------------------------
@@ -440,10 +453,8 @@ def awr_update(L: Learner, b: Batch, actor_b: Batch, update_actor: bool) -> dict
     critic_loss = (q - target.unsqueeze(1)).pow(2).mean((1, 2)) * 2
     loss = (value_loss + critic_loss).sum()
     with torch.no_grad():
-        raw = awr_weights(L.q(actor_b["obs"], actor_b["act"], target=True).min(1).values,
-                          L.value(actor_b["obs"]), cfg.beta, cfg.max_weight, cfg.normalise_advantage)
-        weights = normalise_per_source(raw, actor_b["is_expert"], cfg.actor_expert_share) \
-            if cfg.normalise_weights else raw
+        raw, weights = awr_actor_weights(L.q(actor_b["obs"], actor_b["act"], target=True).min(1).values,
+                                         L.value(actor_b["obs"]), actor_b["is_expert"], cfg)
     opts = [L.value_opt, L.critic_opt]
     if update_actor:
         actor_loss = _awr_actor_loss(L, actor_b, weights)

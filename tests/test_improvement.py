@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from pipeline.bc import batch_sampler, bc_loss, fit
-from pipeline.config import ImproveConfig
+from pipeline.config import AWRConfig, ImproveConfig
 from pipeline.dynamics import EnsembleDynamics, fit_dynamics
 from pipeline.improvement import (ALGORITHMS, Bounds, Learner, RingBuffer, SeedBuffers, _awr_actor_loss, action_grad_norm,
-                                  actor_lr_at, awr_weights, expectile_loss, normalise_per_source, refined_reward,
+                                  actor_lr_at, awr_actor_weights, awr_weights, expectile_loss, normalise_per_source, refined_reward,
                                   td_target, train)
 from pipeline.policies import HetStatPolicy
 from pipeline.reward import coherent_reward
@@ -62,6 +62,21 @@ def test_normalise_per_source_gives_the_demonstrations_their_actor_share():
     assert out[:2].sum().item() == pytest.approx(0.9 * len(w))     # demos: 90 % of the loss from 1/3 of the rows
     assert out[2:].sum().item() == pytest.approx(0.1 * len(w))
     assert (out[:2] / out[:2].sum()).tolist() == pytest.approx([0.25, 0.75])   # ranking within a source kept
+
+
+@pytest.mark.parametrize("weight_demos", [False, True])
+def test_awr_actor_weights_rank_only_the_other_data_unless_told_to_weight_demos(weight_demos):
+    q = torch.tensor([3.0, -2.0, 0.5, 2.0, -1.0, 0.0])
+    is_expert = torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0, 0.0])
+    cfg = AWRConfig(weight_demos=weight_demos, actor_expert_share=0.7)
+    _, weights = awr_actor_weights(q, torch.zeros(6), is_expert, cfg)
+    demos, other = weights[:3], weights[3:]
+    assert demos.sum().item() == pytest.approx(0.7 * 6) and other.sum().item() == pytest.approx(0.3 * 6)
+    assert other[0] > other[2] > other[1]                                # the advantage ranks the other data
+    if weight_demos:
+        assert demos[0] > demos[2] > demos[1]
+    else:
+        assert demos.tolist() == pytest.approx([1.4, 1.4, 1.4])          # every demonstration row counts the same
 
 
 def test_action_grad_norm_is_the_critic_slope_on_the_demonstration_rows_only():
