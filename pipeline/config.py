@@ -157,6 +157,7 @@ class AWRConfig:
     actor_batch_size: int = 512               # rows of the actor's weighted regression (its own mixed batch)
     actor_lr: float = 1e-3
     weight_demos: bool = False                # True: the advantage also weights the demonstrations (IQL weights every row)
+    tau: float = 0.02                         # awr's target-critic rate (improve.tau is csil's and rambo's)
 
 
 @dataclass
@@ -399,6 +400,7 @@ RANGES: dict[str, Range] = {
     "improve.csil.reward_lr": POSITIVE,
     "improve.csil.refine_scale": NON_NEGATIVE,
     "improve.awr.gamma": OPEN_UNIT,
+    "improve.awr.tau": Range(0, 1, low_open=True),
     "improve.awr.expectile": OPEN_UNIT,
     "improve.awr.beta": NON_NEGATIVE,
     "improve.awr.max_weight": POSITIVE,

@@ -342,6 +342,12 @@ class Learner:
         return self.cfg.section(self.algo).actor_lr
 
     @property
+    def tau(self) -> float:
+        """The target critics' soft-update rate. awr has its own: at its gamma 0.99 the critic must reach a
+        horizon of hundreds of steps within the run's few thousand updates (csil and rambo discount at 0.9)."""
+        return self.cfg.awr.tau if self.algo in ("awr", "awr_uniform") else self.cfg.tau
+
+    @property
     def kl_beta(self) -> float:
         return getattr(self.cfg, self.algo).kl_beta
 
@@ -393,7 +399,7 @@ class Learner:
     def soft_update(self) -> None:
         with torch.no_grad():
             for t, s in zip(self.critic_target.parameters(), self.critic.parameters()):
-                t.lerp_(s, self.cfg.tau)
+                t.lerp_(s, self.tau)
 
     def optimisers(self) -> dict[str, torch.optim.Optimizer]:
         opts = {"critic_opt": self.critic_opt, "actor_opt": self.actor_opt}

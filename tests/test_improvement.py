@@ -177,6 +177,22 @@ def test_the_registry_has_every_learner_the_params_accept():
     assert set(ALGORITHMS) == {"csil", "awr", "awr_uniform", "rambo"}
 
 
+@pytest.mark.parametrize("algo", ["awr", "csil", "rambo"])
+def test_the_target_critics_move_at_the_learners_own_rate(algo):
+    """awr's target critics follow at improve.awr.tau, csil's and rambo's at improve.tau."""
+    def configure(cfg: ImproveConfig) -> None:
+        cfg.tau, cfg.awr.tau = 0.25, 0.5
+    learner, _, _ = _small(algo, configure=configure)
+    with torch.no_grad():
+        for p in learner.critic.parameters():
+            p.add_(1.0)
+    before = [t.detach().clone() for t in learner.critic_target.parameters()]
+    learner.soft_update()
+    rate = 0.5 if algo == "awr" else 0.25
+    for t, b, s in zip(learner.critic_target.parameters(), before, learner.critic.parameters()):
+        torch.testing.assert_close(t, b + rate * (s - b))
+
+
 @pytest.mark.parametrize("normalise_q", [True, False])
 def test_normalised_q_makes_the_actor_step_independent_of_the_critic_scale(normalise_q):
     """With ``normalise_q`` the actor's Q term is Q / mean|Q| (TD3+BC's rule), so a critic scaled by 10
@@ -424,7 +440,7 @@ def test_critic_pretraining_reaches_the_true_value_of_the_fixed_policy_on_a_chai
     policy = HetStatPolicy(4, 1, hidden=32, features=32)
     cfg = ImproveConfig(steps=0, critic_pretrain_steps=1000, batch_size=128, log_every=1000, checkpoint_every=1000,
                         eval_every=0, critic_lr=1e-3, tau=0.02, critic_hidden=64)
-    cfg.awr.expectile = 0.5
+    cfg.awr.expectile, cfg.awr.tau = 0.5, 0.02
     learner = Learner(algo, copy.deepcopy(policy), policy, cfg, bounds, 1.0, [0], torch.device("cpu"))
     train(learner, SeedBuffers(data, data, policy, learner.rng))
     with torch.no_grad():
