@@ -7,7 +7,8 @@ Learners (the registry `ALGORITHMS`; one flat update function each):
                critic      (Q - [r + gamma * soft V(s')])^2 with LayerNorm critics,
                            soft V(s') = min Q'(s', a') - beta * (log pi - log pi_BC)(a'|s')
   awr          IQL-style advantage-weighted regression (expectile V, TD Q, weights
-               exp(beta_awr * A / std(A)) with awr.normalise_advantage).
+               exp(beta_awr * A / std(A)) with awr.normalise_advantage, on the other data
+               only unless awr.weight_demos; its own target rate awr.tau).
   awr_uniform  the same with beta_awr = 0 (uniform weights, same source shares): the ablation
                that shows what the critic adds. Its weights do not depend on Q or V, so it
                trains no critic (the same policy as awr with beta 0, at a third of the cost).
@@ -345,7 +346,8 @@ class Learner:
     def tau(self) -> float:
         """The target critics' soft-update rate. awr has its own: at its gamma 0.99 the critic must reach a
         horizon of hundreds of steps within the run's few thousand updates (csil and rambo discount at 0.9)."""
-        return self.cfg.awr.tau if self.algo in ("awr", "awr_uniform") else self.cfg.tau
+        section = self.cfg.section(self.algo)
+        return section.tau if isinstance(section, AWRConfig) else self.cfg.tau
 
     @property
     def kl_beta(self) -> float:
